@@ -1,0 +1,175 @@
+//! A cached value: the encoded JSON body plus a small header. The same bytes serve every hit, so
+//! a hit does no serialization; the Redis form is the header and body in one binary string.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::{BufMut, Bytes, BytesMut};
+
+/// What a loader found in Postgres.
+#[derive(Debug, Clone)]
+pub enum Loaded {
+    /// The encoded JSON answer and its validator (already quoted, e.g. `"7"`).
+    Found { body: Bytes, etag: String },
+    /// Nothing there: cached as a negative entry.
+    NotFound,
+}
+
+/// A cached answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Entry {
+    /// The JSON body; empty for a negative entry.
+    pub body: Bytes,
+    /// The entity tag (quoted); empty for a negative entry.
+    pub etag: Bytes,
+    /// True when the lookup found nothing.
+    pub negative: bool,
+    /// When the value was read from Postgres (Unix ms); `age` counts from here.
+    pub loaded_at_ms: u64,
+    /// When the value stops being fresh (Unix ms).
+    pub expires_at_ms: u64,
+}
+
+const MAGIC: &[u8; 3] = b"SC1";
+const HEADER: usize = 3 + 1 + 8 + 8 + 1;
+
+impl Entry {
+    /// Builds an entry for a value just loaded, fresh for `ttl`.
+    pub fn from_loaded(loaded: Loaded, ttl: Duration) -> Self {
+        let now = now_ms();
+        let expires_at_ms = now.saturating_add(ttl.as_millis() as u64);
+        match loaded {
+            Loaded::Found { body, etag } => Entry {
+                body,
+                etag: Bytes::from(etag),
+                negative: false,
+                loaded_at_ms: now,
+                expires_at_ms,
+            },
+            Loaded::NotFound => Entry {
+                body: Bytes::new(),
+                etag: Bytes::new(),
+                negative: true,
+                loaded_at_ms: now,
+                expires_at_ms,
+            },
+        }
+    }
+
+    /// Time left until the entry stops being fresh (zero if already past).
+    pub fn remaining(&self, now_ms: u64) -> Duration {
+        Duration::from_millis(self.expires_at_ms.saturating_sub(now_ms))
+    }
+
+    /// Whole seconds since the value was read from Postgres (the `age` header).
+    pub fn age_secs(&self, now_ms: u64) -> u64 {
+        now_ms.saturating_sub(self.loaded_at_ms) / 1000
+    }
+
+    /// The Redis form: `SC1`, flags, loaded-at, expires-at, etag length, etag, body.
+    pub fn encode(&self) -> Bytes {
+        let etag_len = self.etag.len().min(255);
+        let mut buf = BytesMut::with_capacity(HEADER + etag_len + self.body.len());
+        buf.put_slice(MAGIC);
+        buf.put_u8(u8::from(self.negative));
+        buf.put_u64(self.loaded_at_ms);
+        buf.put_u64(self.expires_at_ms);
+        buf.put_u8(etag_len as u8);
+        buf.put_slice(&self.etag[..etag_len]);
+        buf.put_slice(&self.body);
+        buf.freeze()
+    }
+
+    /// Parses the Redis form without copying the body. `None` for anything malformed (a value
+    /// written by another version, or not by us), which the caller treats as a miss.
+    pub fn decode(raw: Bytes) -> Option<Self> {
+        if raw.len() < HEADER || &raw[..3] != MAGIC {
+            return None;
+        }
+        let negative = match raw[3] {
+            0 => false,
+            1 => true,
+            _ => return None,
+        };
+        let loaded_at_ms = u64::from_be_bytes(raw[4..12].try_into().ok()?);
+        let expires_at_ms = u64::from_be_bytes(raw[12..20].try_into().ok()?);
+        let etag_len = usize::from(raw[20]);
+        if raw.len() < HEADER + etag_len {
+            return None;
+        }
+        let etag = raw.slice(HEADER..HEADER + etag_len);
+        let body = raw.slice(HEADER + etag_len..);
+        Some(Entry {
+            body,
+            etag,
+            negative,
+            loaded_at_ms,
+            expires_at_ms,
+        })
+    }
+
+    /// Approximate memory held by this entry (for the L1 weigher and byte gauges).
+    pub fn weight(&self) -> usize {
+        self.body.len() + self.etag.len() + std::mem::size_of::<Self>()
+    }
+}
+
+/// Wall-clock Unix time in milliseconds (entries are shared between processes via Redis).
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trips_found_and_negative() {
+        let e = Entry::from_loaded(
+            Loaded::Found {
+                body: Bytes::from_static(br#"{"a":1}"#),
+                etag: "\"3\"".into(),
+            },
+            Duration::from_secs(10),
+        );
+        assert_eq!(Entry::decode(e.encode()).unwrap(), e);
+        let n = Entry::from_loaded(Loaded::NotFound, Duration::from_secs(1));
+        let back = Entry::decode(n.encode()).unwrap();
+        assert!(back.negative && back.body.is_empty());
+        assert_eq!(back, n);
+    }
+
+    #[test]
+    fn rejects_foreign_or_truncated_bytes() {
+        assert!(Entry::decode(Bytes::from_static(b"hello")).is_none());
+        assert!(Entry::decode(Bytes::new()).is_none());
+        let e = Entry::from_loaded(
+            Loaded::Found {
+                body: Bytes::from_static(b"{}"),
+                etag: "\"1\"".into(),
+            },
+            Duration::from_secs(10),
+        );
+        let enc = e.encode();
+        assert!(Entry::decode(enc.slice(..HEADER + 1)).is_none());
+        let mut bad = enc.to_vec();
+        bad[3] = 7;
+        assert!(Entry::decode(Bytes::from(bad)).is_none());
+    }
+
+    #[test]
+    fn age_and_remaining() {
+        let e = Entry {
+            body: Bytes::new(),
+            etag: Bytes::new(),
+            negative: false,
+            loaded_at_ms: 1_000,
+            expires_at_ms: 11_000,
+        };
+        assert_eq!(e.age_secs(3_500), 2);
+        assert_eq!(e.remaining(6_000), Duration::from_secs(5));
+        assert_eq!(e.remaining(20_000), Duration::ZERO);
+    }
+}

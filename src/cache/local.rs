@@ -1,0 +1,263 @@
+//! L1: process memory (moka), bounded by bytes, with per-entry TTLs and generation fencing.
+//!
+//! Fencing without locks: a table of generation counters ("stripes") indexed by key hash and tag
+//! hash. A fill records the generations it saw *before* it read L2 or Postgres; invalidating a
+//! key or tag bumps its stripe; a hit whose recorded generations are no longer current is a miss.
+//! So a load that raced a write can store what it read, but nobody will ever be served it.
+//! Two keys sharing a stripe only cost each other a spurious miss.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use moka::future::Cache;
+
+use super::entry::Entry;
+use super::keys::{CacheKey, Tag};
+
+const STRIPES: usize = 1 << 16;
+
+/// The generations a fill observed before loading: its key, its tags, and the flush epoch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Fence {
+    epoch: u64,
+    slots: Vec<(u32, u64)>,
+}
+
+/// A value held in L1.
+#[derive(Debug)]
+pub(crate) struct L1Value {
+    pub(crate) entry: Arc<Entry>,
+    fence: Fence,
+    ttl: Duration,
+}
+
+struct PerEntryTtl;
+
+impl moka::Expiry<Box<str>, Arc<L1Value>> for PerEntryTtl {
+    fn expire_after_create(&self, _: &Box<str>, v: &Arc<L1Value>, _: Instant) -> Option<Duration> {
+        Some(v.ttl)
+    }
+    fn expire_after_update(
+        &self,
+        _: &Box<str>,
+        v: &Arc<L1Value>,
+        _: Instant,
+        _: Option<Duration>,
+    ) -> Option<Duration> {
+        Some(v.ttl)
+    }
+}
+
+/// The in-process tier.
+pub struct Local {
+    cache: Option<Cache<Box<str>, Arc<L1Value>>>,
+    stripes: Box<[AtomicU64]>,
+    epoch: AtomicU64,
+}
+
+impl Local {
+    /// An L1 holding at most `max_bytes` (weighed by body size); `enabled = false` keeps only
+    /// the fencing table so the rest of the code path is the same.
+    pub fn new(enabled: bool, max_bytes: u64) -> Self {
+        let cache = enabled.then(|| {
+            Cache::builder()
+                .max_capacity(max_bytes)
+                .weigher(|k: &Box<str>, v: &Arc<L1Value>| {
+                    (k.len() + v.entry.weight() + 64).min(u32::MAX as usize) as u32
+                })
+                .expire_after(PerEntryTtl)
+                .build()
+        });
+        Local {
+            cache,
+            stripes: (0..STRIPES).map(|_| AtomicU64::new(0)).collect(),
+            epoch: AtomicU64::new(0),
+        }
+    }
+
+    pub fn enabled(&self) -> bool {
+        self.cache.is_some()
+    }
+
+    fn stripe(hash: u64) -> usize {
+        (hash as usize) & (STRIPES - 1)
+    }
+
+    /// Records the current generations of a key and its tags; call before reading L2/Postgres.
+    pub fn fence(&self, key: &CacheKey, tags: &[Tag]) -> Fence {
+        let mut slots = Vec::with_capacity(1 + tags.len());
+        for hash in std::iter::once(key.hash64()).chain(tags.iter().map(Tag::hash64)) {
+            let s = Self::stripe(hash);
+            slots.push((s as u32, self.stripes[s].load(Ordering::SeqCst)));
+        }
+        Fence {
+            epoch: self.epoch.load(Ordering::SeqCst),
+            slots,
+        }
+    }
+
+    /// True if nothing the fence covers has been invalidated since it was taken.
+    pub fn is_current(&self, fence: &Fence) -> bool {
+        fence.epoch == self.epoch.load(Ordering::SeqCst)
+            && fence
+                .slots
+                .iter()
+                .all(|&(s, g)| self.stripes[s as usize].load(Ordering::SeqCst) == g)
+    }
+
+    /// A current entry for `key`, if any.
+    pub async fn get(&self, key: &CacheKey) -> Option<Arc<Entry>> {
+        let cache = self.cache.as_ref()?;
+        let v = cache.get(key.as_str()).await?;
+        if self.is_current(&v.fence) {
+            Some(v.entry.clone())
+        } else {
+            None
+        }
+    }
+
+    /// Stores an entry loaded under `fence`, for at most `ttl`. A fence that moved on means the
+    /// value may predate a write: it is not stored.
+    pub async fn insert(
+        &self,
+        key: &CacheKey,
+        entry: Arc<Entry>,
+        fence: Fence,
+        ttl: Duration,
+    ) -> bool {
+        let Some(cache) = &self.cache else {
+            return false;
+        };
+        if ttl.is_zero() || !self.is_current(&fence) {
+            return false;
+        }
+        let value = Arc::new(L1Value { entry, fence, ttl });
+        cache.insert(key.as_str().into(), value).await;
+        true
+    }
+
+    /// Drops a key: bumps its generation first, so a concurrent fill's value is dead on arrival.
+    pub async fn invalidate_key(&self, key: &CacheKey) {
+        self.stripes[Self::stripe(key.hash64())].fetch_add(1, Ordering::SeqCst);
+        if let Some(cache) = &self.cache {
+            cache.invalidate(key.as_str()).await;
+        }
+    }
+
+    /// Drops every entry carrying the tag (lazily: they fail the fence check on read).
+    pub fn invalidate_tag(&self, tag: &Tag) {
+        self.stripes[Self::stripe(tag.hash64())].fetch_add(1, Ordering::SeqCst);
+    }
+
+    /// Drops everything.
+    pub fn flush(&self) {
+        self.epoch.fetch_add(1, Ordering::SeqCst);
+        if let Some(cache) = &self.cache {
+            cache.invalidate_all();
+        }
+    }
+
+    /// (entries, weighted bytes), after applying moka's pending maintenance.
+    pub async fn usage(&self) -> (u64, u64) {
+        match &self.cache {
+            Some(c) => {
+                c.run_pending_tasks().await;
+                (c.entry_count(), c.weighted_size())
+            }
+            None => (0, 0),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cache::entry::Loaded;
+    use crate::domain::{LeadId, OrgId};
+    use bytes::Bytes;
+
+    fn entry(body: &'static str) -> Arc<Entry> {
+        Arc::new(Entry::from_loaded(
+            Loaded::Found {
+                body: Bytes::from_static(body.as_bytes()),
+                etag: "\"1\"".into(),
+            },
+            Duration::from_secs(60),
+        ))
+    }
+
+    fn lead() -> LeadId {
+        LeadId::new_random()
+    }
+
+    #[tokio::test]
+    async fn fill_then_hit() {
+        let l1 = Local::new(true, 1 << 20);
+        let key = CacheKey::lead_by_id(lead());
+        let f = l1.fence(&key, &[]);
+        assert!(l1.insert(&key, entry("a"), f, Duration::from_secs(5)).await);
+        assert_eq!(l1.get(&key).await.unwrap().body, "a");
+    }
+
+    #[tokio::test]
+    async fn a_fill_that_raced_an_invalidation_is_never_served() {
+        let l1 = Local::new(true, 1 << 20);
+        let key = CacheKey::lead_by_id(lead());
+        let f = l1.fence(&key, &[]);
+        l1.invalidate_key(&key).await; // the write lands while the load is in flight
+        assert!(
+            !l1.insert(&key, entry("old"), f.clone(), Duration::from_secs(5))
+                .await
+        );
+        assert!(l1.get(&key).await.is_none());
+    }
+
+    #[tokio::test]
+    async fn invalidation_after_the_check_still_wins() {
+        let l1 = Local::new(true, 1 << 20);
+        let key = CacheKey::lead_by_id(lead());
+        let f = l1.fence(&key, &[]);
+        assert!(
+            l1.insert(&key, entry("old"), f, Duration::from_secs(5))
+                .await
+        );
+        l1.invalidate_key(&key).await;
+        assert!(l1.get(&key).await.is_none());
+    }
+
+    #[tokio::test]
+    async fn tag_invalidation_drops_dependents_only() {
+        let l1 = Local::new(true, 1 << 20);
+        let org = OrgId::new_random();
+        let (a, b) = (CacheKey::context(lead()), CacheKey::context(lead()));
+        let fa = l1.fence(&a, &[Tag::Org(org)]);
+        let fb = l1.fence(&b, &[Tag::Org(OrgId::new_random())]);
+        l1.insert(&a, entry("a"), fa, Duration::from_secs(5)).await;
+        l1.insert(&b, entry("b"), fb, Duration::from_secs(5)).await;
+        l1.invalidate_tag(&Tag::Org(org));
+        assert!(l1.get(&a).await.is_none());
+        assert!(l1.get(&b).await.is_some());
+    }
+
+    #[tokio::test]
+    async fn flush_drops_everything_including_in_flight_fills() {
+        let l1 = Local::new(true, 1 << 20);
+        let key = CacheKey::summary(lead());
+        let f = l1.fence(&key, &[]);
+        l1.insert(&key, entry("x"), f.clone(), Duration::from_secs(5))
+            .await;
+        l1.flush();
+        assert!(l1.get(&key).await.is_none());
+        assert!(!l1.insert(&key, entry("y"), f, Duration::from_secs(5)).await);
+    }
+
+    #[tokio::test]
+    async fn disabled_l1_stores_nothing() {
+        let l1 = Local::new(false, 1 << 20);
+        let key = CacheKey::lead_by_id(lead());
+        let f = l1.fence(&key, &[]);
+        assert!(!l1.insert(&key, entry("a"), f, Duration::from_secs(5)).await);
+        assert!(l1.get(&key).await.is_none());
+    }
+}

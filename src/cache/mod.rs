@@ -1,0 +1,34 @@
+//! The tiered read-through cache: L1 (moka, in process) → L2 (Redis) → loader (Postgres).
+//!
+//! One generic path serves every kind of lookup; kinds differ only in their [`Policy`].
+
+mod entry;
+mod keys;
+mod local;
+mod remote;
+mod tiered;
+
+pub use entry::{now_ms, Entry, Loaded};
+pub use keys::{fnv1a, CacheKey, Kind, Policies, Policy, Tag};
+pub use local::{Fence, Local};
+pub use remote::{Deletion, L2Read, Remote, RemoteConfig};
+pub use tiered::{CacheStatus, FillHook, LoadFuture, Lookup, Mode, Tiered};
+
+use crate::store::StoreError;
+
+/// Failures of the cache tiers or of the load behind them.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum CacheError {
+    #[error("redis error: {0}")]
+    Redis(String),
+    #[error("redis operation timed out")]
+    Timeout,
+    #[error("redis is not connected")]
+    Unavailable,
+    #[error("cache configuration: {0}")]
+    Config(String),
+    #[error(transparent)]
+    Load(#[from] StoreError),
+    #[error("the load for this key was abandoned")]
+    Abandoned,
+}

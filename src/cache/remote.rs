@@ -1,0 +1,388 @@
+//! L2: Redis. Values live under `{namespace}:v1:{key}`. Fills are compare-and-set against fence
+//! counters that every invalidation bumps (the memcache-lease idea): a fill that read Postgres
+//! before a write committed carries an old fence token and is refused, wherever it runs.
+//!
+//! Redis keys, after the prefix:
+//! - `{key}`             the encoded entry
+//! - `fence:{key}`       counter bumped when the key is invalidated
+//! - `tagfence:{tag}`    counter bumped when the tag is invalidated
+//! - `tag:{tag}`         set of the value keys filled under the tag (dropped with it)
+//!
+//! The hot path holds a `ConnectionManager` (one multiplexed connection that reconnects by
+//! itself): no per-request checkout or PING. The deadpool pool serves control-plane commands.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::Script;
+
+use super::keys::{CacheKey, Tag};
+use super::CacheError;
+use crate::metrics::Metrics;
+
+/// How long a fence counter outlives its last bump. It only has to outlast any load that could
+/// have read Postgres before the bump; loads are bounded by the statement timeout.
+const FENCE_TTL: Duration = Duration::from_secs(600);
+
+const FILL_LUA: &str = r#"
+-- KEYS: value, key fence, tag fences (n), tag member sets (n)
+-- ARGV: payload, ttl ms, key fence token, tag fence tokens (n)
+local n = (#KEYS - 2) / 2
+local function cur(k) return tonumber(redis.call('GET', k) or '0') end
+if cur(KEYS[2]) ~= tonumber(ARGV[3]) then return 0 end
+for i = 1, n do
+  if cur(KEYS[2 + i]) ~= tonumber(ARGV[3 + i]) then return 0 end
+end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+for i = 1, n do
+  local m = KEYS[2 + n + i]
+  redis.call('SADD', m, KEYS[1])
+  if redis.call('PTTL', m) < tonumber(ARGV[2]) then redis.call('PEXPIRE', m, ARGV[2]) end
+end
+return 1
+"#;
+
+const INVALIDATE_LUA: &str = r#"
+-- KEYS: (value, fence) per key, then (tag fence, tag members) per tag
+-- ARGV: number of keys, fence ttl ms
+local nk = tonumber(ARGV[1])
+local ttl = ARGV[2]
+local dropped = 0
+for i = 0, nk - 1 do
+  redis.call('INCR', KEYS[2 + 2 * i])
+  redis.call('PEXPIRE', KEYS[2 + 2 * i], ttl)
+  dropped = dropped + redis.call('DEL', KEYS[1 + 2 * i])
+end
+local base = 2 * nk
+local nt = (#KEYS - base) / 2
+for i = 0, nt - 1 do
+  local tf, tm = KEYS[base + 1 + 2 * i], KEYS[base + 2 + 2 * i]
+  redis.call('INCR', tf)
+  redis.call('PEXPIRE', tf, ttl)
+  local members = redis.call('SMEMBERS', tm)
+  for _, m in ipairs(members) do
+    dropped = dropped + redis.call('DEL', m)
+  end
+  redis.call('DEL', tm)
+end
+return dropped
+"#;
+
+/// What an L2 read returned: the value, if any, and the fence tokens a later fill must match.
+#[derive(Debug, Clone)]
+pub struct L2Read {
+    pub value: Option<Bytes>,
+    pub tokens: Vec<i64>,
+}
+
+/// The keys and tags of one invalidation, as Redis will see them.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Deletion {
+    pub keys: Vec<CacheKey>,
+    pub tags: Vec<Tag>,
+}
+
+/// Connection settings for the Redis tier.
+#[derive(Debug, Clone)]
+pub struct RemoteConfig {
+    pub url: String,
+    pub namespace: String,
+    pub timeout: Duration,
+    pub connect_timeout: Duration,
+    pub pool_size: usize,
+}
+
+/// The Redis tier.
+pub struct Remote {
+    prefix: String,
+    client: redis::Client,
+    conn: OnceLock<ConnectionManager>,
+    pool: deadpool_redis::Pool,
+    timeout: Duration,
+    connect_timeout: Duration,
+    metrics: Arc<Metrics>,
+    up: AtomicBool,
+    /// Invalidations that could not reach Redis; until they land, L2 is bypassed entirely.
+    pending: Mutex<Vec<Deletion>>,
+    has_pending: AtomicBool,
+    fill_script: Script,
+    invalidate_script: Script,
+}
+
+impl Remote {
+    /// Prepares the tier without connecting; [`Remote::connect`] does that (and may keep trying).
+    pub fn new(cfg: &RemoteConfig, metrics: Arc<Metrics>) -> Result<Self, CacheError> {
+        let client = redis::Client::open(cfg.url.as_str())
+            .map_err(|e| CacheError::Config(format!("redis url: {e}")))?;
+        let mut pool_cfg = deadpool_redis::Config::from_url(cfg.url.clone());
+        pool_cfg.pool = Some(deadpool_redis::PoolConfig {
+            max_size: cfg.pool_size.max(1),
+            timeouts: deadpool_redis::Timeouts {
+                wait: Some(cfg.connect_timeout),
+                create: Some(cfg.connect_timeout),
+                recycle: Some(cfg.connect_timeout),
+            },
+            ..Default::default()
+        });
+        let pool = pool_cfg
+            .create_pool(Some(deadpool_redis::Runtime::Tokio1))
+            .map_err(|e| CacheError::Config(format!("redis pool: {e}")))?;
+        Ok(Remote {
+            prefix: format!("{}:v1:", cfg.namespace),
+            client,
+            conn: OnceLock::new(),
+            pool,
+            timeout: cfg.timeout,
+            connect_timeout: cfg.connect_timeout,
+            metrics,
+            up: AtomicBool::new(false),
+            pending: Mutex::new(Vec::new()),
+            has_pending: AtomicBool::new(false),
+            fill_script: Script::new(FILL_LUA),
+            invalidate_script: Script::new(INVALIDATE_LUA),
+        })
+    }
+
+    /// The key prefix, `{namespace}:v1:`.
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    /// Tries once to open the multiplexed connection. Later drops are healed by the manager.
+    pub async fn connect(&self) -> Result<(), CacheError> {
+        if self.conn.get().is_some() {
+            return Ok(());
+        }
+        let cfg = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(self.connect_timeout))
+            .set_response_timeout(Some(self.timeout.max(Duration::from_millis(1))))
+            .set_number_of_retries(1)
+            .set_max_delay(Duration::from_millis(500));
+        let started = Instant::now();
+        let mgr = tokio::time::timeout(
+            self.connect_timeout,
+            ConnectionManager::new_with_config(self.client.clone(), cfg),
+        )
+        .await
+        .map_err(|_| CacheError::Timeout)?
+        .map_err(|e| CacheError::Redis(e.to_string()))?;
+        self.metrics
+            .redis_duration
+            .with_label_values(&["connect"])
+            .observe(started.elapsed().as_secs_f64());
+        let _ = self.conn.set(mgr);
+        self.set_up(true);
+        Ok(())
+    }
+
+    /// True once connected and while the last probe or operation succeeded.
+    pub fn is_up(&self) -> bool {
+        self.up.load(Ordering::Relaxed)
+    }
+
+    fn set_up(&self, up: bool) {
+        let was = self.up.swap(up, Ordering::Relaxed);
+        self.metrics.redis_up.set(i64::from(up));
+        if was != up {
+            if up {
+                tracing::info!("redis is answering; L2 in use");
+            } else {
+                tracing::warn!("redis is not answering; serving from L1 and Postgres");
+            }
+        }
+    }
+
+    /// True when reads may use L2: connected, answering, and no invalidation is owed.
+    pub fn usable(&self) -> bool {
+        self.is_up() && !self.has_pending.load(Ordering::Acquire)
+    }
+
+    fn value_key(&self, key: &CacheKey) -> String {
+        format!("{}{}", self.prefix, key.as_str())
+    }
+    fn fence_key(&self, key: &CacheKey) -> String {
+        format!("{}fence:{}", self.prefix, key.as_str())
+    }
+    fn tag_fence_key(&self, tag: &Tag) -> String {
+        format!("{}tagfence:{}", self.prefix, tag.name())
+    }
+    fn tag_members_key(&self, tag: &Tag) -> String {
+        format!("{}tag:{}", self.prefix, tag.name())
+    }
+
+    /// Full Redis key of a value (tests and admin tooling look at Redis directly).
+    pub fn redis_key(&self, key: &CacheKey) -> String {
+        self.value_key(key)
+    }
+
+    async fn run<T, F>(&self, command: &'static str, fut: F) -> Result<T, CacheError>
+    where
+        F: std::future::Future<Output = redis::RedisResult<T>>,
+    {
+        self.metrics.redis_ops.with_label_values(&[command]).inc();
+        let started = Instant::now();
+        let out = match tokio::time::timeout(self.timeout, fut).await {
+            Ok(Ok(v)) => Ok(v),
+            Ok(Err(e)) => Err(CacheError::Redis(e.to_string())),
+            Err(_) => Err(CacheError::Timeout),
+        };
+        self.metrics
+            .redis_duration
+            .with_label_values(&[command])
+            .observe(started.elapsed().as_secs_f64());
+        if out.is_err() {
+            self.metrics
+                .redis_errors
+                .with_label_values(&[command])
+                .inc();
+        }
+        out
+    }
+
+    fn conn(&self) -> Result<ConnectionManager, CacheError> {
+        self.conn.get().cloned().ok_or(CacheError::Unavailable)
+    }
+
+    /// Reads a value and the fence tokens for it and its tags, in one round trip.
+    pub async fn read(&self, key: &CacheKey, tags: &[Tag]) -> Result<L2Read, CacheError> {
+        let mut conn = self.conn()?;
+        let mut cmd = redis::cmd("MGET");
+        cmd.arg(self.value_key(key)).arg(self.fence_key(key));
+        for t in tags {
+            cmd.arg(self.tag_fence_key(t));
+        }
+        let raw: Vec<Option<Vec<u8>>> = self.run("mget", cmd.query_async(&mut conn)).await?;
+        let mut it = raw.into_iter();
+        let value = it.next().flatten().map(Bytes::from);
+        let tokens = it
+            .map(|v| {
+                v.and_then(|b| std::str::from_utf8(&b).ok().and_then(|s| s.parse().ok()))
+                    .unwrap_or(0)
+            })
+            .collect();
+        Ok(L2Read { value, tokens })
+    }
+
+    /// Stores `payload` if no invalidation moved the fences since `tokens` were read.
+    /// Returns false when the fill was refused.
+    pub async fn fill(
+        &self,
+        key: &CacheKey,
+        tags: &[Tag],
+        tokens: &[i64],
+        payload: &[u8],
+        ttl: Duration,
+    ) -> Result<bool, CacheError> {
+        let mut conn = self.conn()?;
+        let mut inv = self.fill_script.prepare_invoke();
+        inv.key(self.value_key(key)).key(self.fence_key(key));
+        for t in tags {
+            inv.key(self.tag_fence_key(t));
+        }
+        for t in tags {
+            inv.key(self.tag_members_key(t));
+        }
+        inv.arg(payload).arg(ttl.as_millis().max(1) as u64);
+        for tok in tokens {
+            inv.arg(*tok);
+        }
+        let stored: i64 = self.run("fill", inv.invoke_async(&mut conn)).await?;
+        Ok(stored == 1)
+    }
+
+    /// Drops keys and tags (and moves their fences). On failure the deletion is queued, L2 is
+    /// bypassed until it lands, and a background task keeps retrying it.
+    pub async fn invalidate(&self, deletion: Deletion) -> Result<u64, CacheError> {
+        match self.try_invalidate(&deletion).await {
+            Ok(n) => Ok(n),
+            Err(e) => {
+                self.owe(deletion);
+                Err(e)
+            }
+        }
+    }
+
+    fn owe(&self, deletion: Deletion) {
+        // A std Mutex: nothing is awaited while it is held.
+        let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
+        pending.push(deletion);
+        self.has_pending.store(true, Ordering::Release);
+    }
+
+    async fn try_invalidate(&self, d: &Deletion) -> Result<u64, CacheError> {
+        if d.keys.is_empty() && d.tags.is_empty() {
+            return Ok(0);
+        }
+        let mut conn = self.conn()?;
+        let mut inv = self.invalidate_script.prepare_invoke();
+        for k in &d.keys {
+            inv.key(self.value_key(k)).key(self.fence_key(k));
+        }
+        for t in &d.tags {
+            inv.key(self.tag_fence_key(t)).key(self.tag_members_key(t));
+        }
+        inv.arg(d.keys.len()).arg(FENCE_TTL.as_millis() as u64);
+        let dropped: u64 = self.run("invalidate", inv.invoke_async(&mut conn)).await?;
+        Ok(dropped)
+    }
+
+    /// Retries owed invalidations; returns true when none is left.
+    pub async fn retry_pending(&self) -> bool {
+        if !self.has_pending.load(Ordering::Acquire) {
+            return true;
+        }
+        let owed = {
+            let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
+            std::mem::take(&mut *pending)
+        };
+        let mut failed = Vec::new();
+        for d in owed {
+            if self.try_invalidate(&d).await.is_err() {
+                failed.push(d);
+            }
+        }
+        let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
+        pending.extend(failed);
+        let done = pending.is_empty();
+        self.has_pending.store(!done, Ordering::Release);
+        if done {
+            tracing::info!("owed redis invalidations delivered; L2 reads resume");
+        }
+        done
+    }
+
+    /// One health probe over the control-plane pool; updates `is_up`.
+    pub async fn probe(&self) -> bool {
+        let ok = match self.conn.get() {
+            None => self.connect().await.is_ok(),
+            Some(_) => {
+                let pool = self.pool.clone();
+                let ping = async move {
+                    let mut c = pool.get().await.map_err(|e| {
+                        redis::RedisError::from(std::io::Error::other(e.to_string()))
+                    })?;
+                    redis::cmd("PING").query_async::<String>(&mut c).await
+                };
+                // The probe may take longer than a data-path operation without being a failure.
+                self.metrics.redis_ops.with_label_values(&["ping"]).inc();
+                match tokio::time::timeout(self.connect_timeout, ping).await {
+                    Ok(Ok(_)) => true,
+                    _ => {
+                        self.metrics.redis_errors.with_label_values(&["ping"]).inc();
+                        false
+                    }
+                }
+            }
+        };
+        self.set_up(ok);
+        ok
+    }
+
+    /// Marks Redis as failing after a data-path error (the next probe may restore it).
+    pub fn report_failure(&self) {
+        self.set_up(false);
+    }
+}

@@ -1,0 +1,20 @@
+//! Domain types: raw client input becomes these once, at the edge; inner code cannot hold an
+//! invalid one.
+
+mod change;
+mod channel;
+pub mod greeting;
+mod ids;
+mod models;
+mod phone;
+
+pub use change::{Change, Op};
+pub use channel::{Channel, Direction, LeadStatus};
+pub use ids::{ConversationId, LeadId, OrgId};
+pub use models::{Conversation, Lead, Organization};
+pub use phone::{PhoneError, PhoneNumber, Region};
+
+/// A value that could not be parsed from client input; the message is safe to show to clients.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct ParseError(pub String);

@@ -1,0 +1,172 @@
+//! Extractors that turn raw request parts into domain values, answering the JSON error shape
+//! (never axum's plain-text rejections) when they cannot.
+
+use std::str::FromStr;
+
+use axum::extract::{FromRequest, FromRequestParts, Path, Query, Request};
+use axum::http::request::Parts;
+use axum::http::{header, HeaderMap};
+
+use super::error::ApiError;
+use crate::domain::ParseError;
+
+/// A JSON body (`Content-Type: application/json`, size-limited by the router).
+pub(crate) struct ApiJson<T>(pub T);
+
+impl<S, T> FromRequest<S> for ApiJson<T>
+where
+    axum::Json<T>: FromRequest<S, Rejection = axum::extract::rejection::JsonRejection>,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        match axum::Json::<T>::from_request(req, state).await {
+            Ok(axum::Json(v)) => Ok(ApiJson(v)),
+            Err(r) => Err(r.into()),
+        }
+    }
+}
+
+/// A single path parameter parsed into a domain id.
+pub(crate) struct PathId<T>(pub T);
+
+impl<S, T> FromRequestParts<S> for PathId<T>
+where
+    T: FromStr<Err = ParseError> + Send,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        let Path(raw) = Path::<String>::from_request_parts(parts, state).await?;
+        raw.parse::<T>()
+            .map(PathId)
+            .map_err(|e| ApiError::bad_request("invalid_id", e.0))
+    }
+}
+
+/// The raw path parameter (for phone numbers, parsed by the handler with the region).
+pub(crate) struct PathText(pub String);
+
+impl<S: Send + Sync> FromRequestParts<S> for PathText {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        let Path(raw) = Path::<String>::from_request_parts(parts, state).await?;
+        Ok(PathText(raw))
+    }
+}
+
+/// Query-string pairs, decoded; the first occurrence of a name wins.
+pub(crate) struct QueryPairs(Vec<(String, String)>);
+
+impl QueryPairs {
+    pub(crate) fn get(&self, name: &str) -> Option<&str> {
+        self.0
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for QueryPairs {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        let Query(pairs) = Query::<Vec<(String, String)>>::from_request_parts(parts, state).await?;
+        Ok(QueryPairs(pairs))
+    }
+}
+
+/// Parses `If-Match: "<version>"` (`*` or absent = unconditional).
+pub(crate) fn if_match(headers: &HeaderMap) -> Result<Option<i64>, ApiError> {
+    let Some(raw) = headers.get(header::IF_MATCH) else {
+        return Ok(None);
+    };
+    let bad = || {
+        ApiError::bad_request(
+            "invalid_if_match",
+            "If-Match must be a single strong validator like \"3\", or *.",
+        )
+    };
+    let s = raw.to_str().map_err(|_| bad())?.trim();
+    if s == "*" {
+        return Ok(None);
+    }
+    let inner = s
+        .strip_prefix('"')
+        .and_then(|t| t.strip_suffix('"'))
+        .ok_or_else(bad)?;
+    inner
+        .parse::<i64>()
+        .ok()
+        .filter(|v| *v >= 1)
+        .map(Some)
+        .ok_or_else(bad)
+}
+
+/// True if `If-None-Match` names `etag` (weak comparison) or is `*`.
+pub(crate) fn if_none_match(headers: &HeaderMap, etag: &[u8]) -> bool {
+    let Some(raw) = headers.get(header::IF_NONE_MATCH) else {
+        return false;
+    };
+    let Ok(s) = raw.to_str() else { return false };
+    let strip = |t: &str| t.trim().trim_start_matches("W/").to_owned();
+    let want = strip(std::str::from_utf8(etag).unwrap_or(""));
+    s.split(',').any(|t| {
+        let t = t.trim();
+        t == "*" || strip(t) == want
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::http::HeaderValue;
+
+    fn with(name: header::HeaderName, v: &str) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        h.insert(name, HeaderValue::from_str(v).unwrap());
+        h
+    }
+
+    #[test]
+    fn if_match_forms() {
+        assert_eq!(if_match(&HeaderMap::new()).unwrap(), None);
+        assert_eq!(if_match(&with(header::IF_MATCH, "\"7\"")).unwrap(), Some(7));
+        assert_eq!(if_match(&with(header::IF_MATCH, "*")).unwrap(), None);
+        for bad in [
+            "7",
+            "\"x\"",
+            "W/\"7\"",
+            "\"1\", \"2\"",
+            "\"-1\"",
+            "\"99999999999999999999\"",
+        ] {
+            assert!(if_match(&with(header::IF_MATCH, bad)).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn if_none_match_forms() {
+        assert!(if_none_match(
+            &with(header::IF_NONE_MATCH, "\"3\""),
+            b"\"3\""
+        ));
+        assert!(if_none_match(
+            &with(header::IF_NONE_MATCH, "W/\"3\""),
+            b"\"3\""
+        ));
+        assert!(if_none_match(
+            &with(header::IF_NONE_MATCH, "\"1\", \"3\""),
+            b"\"3\""
+        ));
+        assert!(if_none_match(&with(header::IF_NONE_MATCH, "*"), b"\"3\""));
+        assert!(!if_none_match(
+            &with(header::IF_NONE_MATCH, "\"4\""),
+            b"\"3\""
+        ));
+        assert!(!if_none_match(&HeaderMap::new(), b"\"3\""));
+    }
+}

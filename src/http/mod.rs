@@ -1,0 +1,170 @@
+//! The HTTP surface: `router(state)` with lookups, writes and operations routes, the metrics
+//! middleware and JSON fallbacks for unknown routes and methods.
+
+mod error;
+mod extract;
+mod lookups;
+mod ops;
+mod writes;
+
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
+use axum::http::StatusCode;
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, patch, post};
+use axum::Router;
+
+pub use error::ApiError;
+
+use crate::cache::Tiered;
+use crate::domain::Region;
+use crate::invalidation::Invalidator;
+use crate::metrics::Metrics;
+use crate::store::Store;
+
+/// Lifecycle phase, for `/readyz`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    Starting = 0,
+    Ready = 1,
+    Draining = 2,
+}
+
+/// Liveness facts shared between the probes and `/readyz`.
+#[derive(Debug)]
+pub struct Health {
+    phase: AtomicU8,
+    postgres_up: AtomicBool,
+}
+
+impl Default for Health {
+    fn default() -> Self {
+        Health {
+            phase: AtomicU8::new(Phase::Starting as u8),
+            postgres_up: AtomicBool::new(false),
+        }
+    }
+}
+
+impl Health {
+    pub fn phase(&self) -> Phase {
+        match self.phase.load(Ordering::Relaxed) {
+            1 => Phase::Ready,
+            2 => Phase::Draining,
+            _ => Phase::Starting,
+        }
+    }
+    pub fn set_phase(&self, p: Phase) {
+        self.phase.store(p as u8, Ordering::Relaxed);
+    }
+    pub fn postgres_up(&self) -> bool {
+        self.postgres_up.load(Ordering::Relaxed)
+    }
+    pub fn set_postgres_up(&self, up: bool) {
+        self.postgres_up.store(up, Ordering::Relaxed);
+    }
+}
+
+/// Everything a handler needs.
+pub struct AppInner {
+    pub cache: Arc<Tiered>,
+    pub store: Store,
+    pub invalidator: Invalidator,
+    pub metrics: Arc<Metrics>,
+    pub region: Region,
+    pub health: Arc<Health>,
+    pub redis_enabled: bool,
+}
+
+/// Cheaply cloneable handle to the shared state.
+#[derive(Clone)]
+pub struct AppState(pub Arc<AppInner>);
+
+impl std::ops::Deref for AppState {
+    type Target = AppInner;
+    fn deref(&self) -> &AppInner {
+        &self.0
+    }
+}
+
+/// Builds the router. `body_limit` bounds every request body.
+pub fn router(state: AppState, body_limit: usize) -> Router {
+    let v1 = Router::new()
+        .route("/v1/organizations", post(writes::create_org))
+        .route(
+            "/v1/organizations/by-phone/{phone}",
+            get(lookups::org_by_phone),
+        )
+        .route(
+            "/v1/organizations/{id}",
+            get(lookups::org_by_id).patch(writes::update_org),
+        )
+        .route("/v1/leads", post(writes::create_lead))
+        .route("/v1/leads/by-phone/{phone}", get(lookups::lead_by_phone))
+        .route(
+            "/v1/leads/{id}",
+            get(lookups::lead_by_id)
+                .patch(writes::update_lead)
+                .delete(writes::delete_lead),
+        )
+        .route("/v1/leads/{id}/context", get(lookups::context))
+        .route("/v1/leads/{id}/summary", get(lookups::summary))
+        .route("/v1/leads/{id}/greeting", get(lookups::greeting))
+        .route("/v1/leads/{id}/history", get(lookups::history))
+        .route(
+            "/v1/leads/{id}/conversations",
+            post(writes::create_conversation),
+        )
+        .route("/v1/conversations/{id}", patch(writes::update_conversation))
+        .route("/v1/calls/initiation", get(lookups::initiation));
+    let ops = Router::new()
+        .route("/healthz", get(ops::healthz))
+        .route("/readyz", get(ops::readyz))
+        .route("/metrics", get(ops::metrics));
+    v1.merge(ops)
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(DefaultBodyLimit::max(body_limit))
+        .layer(middleware::from_fn_with_state(state.clone(), track))
+        .with_state(state)
+}
+
+async fn not_found() -> ApiError {
+    ApiError::not_found(
+        "route_not_found",
+        "No such route; see API.md for the routes sidecache serves.",
+    )
+}
+
+async fn method_not_allowed() -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        "This route does not accept that method.",
+    )
+}
+
+/// Counts and times every request by matched route, method and status.
+async fn track(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    let started = Instant::now();
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|p| p.as_str().to_owned())
+        .unwrap_or_else(|| "unmatched".to_owned());
+    let method = req.method().clone();
+    let res = next.run(req).await;
+    let status = res.status();
+    let labels = [route.as_str(), method.as_str(), status.as_str()];
+    state.metrics.http_requests.with_label_values(&labels).inc();
+    state
+        .metrics
+        .http_duration
+        .with_label_values(&labels)
+        .observe(started.elapsed().as_secs_f64());
+    res.into_response()
+}

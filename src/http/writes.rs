@@ -1,0 +1,420 @@
+//! Write routes: validate the body into domain values, write Postgres (one statement), drop
+//! every affected cache entry, then answer. When a write answers 2xx, nothing it replaced can be
+//! read from this instance any more.
+
+use axum::extract::State;
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Deserializer, Serialize};
+use serde_json::Value;
+
+use super::error::ApiError;
+use super::extract::{if_match, ApiJson, PathId};
+use super::AppState;
+use crate::domain::{
+    Change, Channel, ConversationId, Direction, LeadId, LeadStatus, OrgId, ParseError, PhoneNumber,
+};
+use crate::invalidation::Source;
+use crate::store::{
+    ConversationPatch, LeadPatch, NewConversation, NewLead, NewOrganization, OrganizationPatch,
+};
+
+/// Distinguishes an absent field (`None`) from an explicit `null` (`Some(None)`).
+fn double_option<'de, T: Deserialize<'de>, D: Deserializer<'de>>(
+    d: D,
+) -> Result<Option<Option<T>>, D::Error> {
+    Option::<T>::deserialize(d).map(Some)
+}
+
+const MAX_NAME: usize = 200;
+const MAX_TEMPLATE: usize = 2000;
+const MAX_SUMMARY: usize = 16 * 1024;
+
+fn invalid(field: &str, msg: impl std::fmt::Display) -> ApiError {
+    ApiError::unprocessable("invalid_value", format!("`{field}` {msg}"))
+}
+
+fn text(field: &str, v: String, max: usize) -> Result<String, ApiError> {
+    let t = v.trim();
+    if t.is_empty() {
+        return Err(invalid(field, "must not be empty"));
+    }
+    if t.chars().count() > max {
+        return Err(invalid(field, format!("must be at most {max} characters")));
+    }
+    if t.chars().any(|c| c.is_control() && c != '\n' && c != '\t') {
+        return Err(invalid(field, "must not contain control characters"));
+    }
+    Ok(t.to_owned())
+}
+
+fn optional_text(field: &str, v: Option<String>, max: usize) -> Result<Option<String>, ApiError> {
+    v.map(|s| text(field, s, max)).transpose()
+}
+
+fn not_null<T>(field: &str, v: Option<Option<T>>) -> Result<Option<T>, ApiError> {
+    match v {
+        Some(None) => Err(invalid(field, "cannot be null")),
+        Some(Some(x)) => Ok(Some(x)),
+        None => Ok(None),
+    }
+}
+
+fn phone(state: &AppState, v: &str) -> Result<PhoneNumber, ApiError> {
+    PhoneNumber::parse(v, state.region)
+        .map_err(|e| ApiError::bad_request("invalid_phone", e.to_string()))
+}
+
+fn timezone(v: String) -> Result<String, ApiError> {
+    let t = v.trim();
+    t.parse::<chrono_tz::Tz>()
+        .map(|_| t.to_owned())
+        .map_err(|_| {
+            invalid(
+                "timezone",
+                "must be an IANA time zone such as America/New_York",
+            )
+        })
+}
+
+fn object(field: &str, v: Value) -> Result<Value, ApiError> {
+    if v.is_object() {
+        Ok(v)
+    } else {
+        Err(invalid(field, "must be a JSON object"))
+    }
+}
+
+fn email(v: Option<String>) -> Result<Option<String>, ApiError> {
+    let Some(e) = optional_text("email", v, 254)? else {
+        return Ok(None);
+    };
+    let ok = e.split_once('@').is_some_and(|(user, host)| {
+        !user.is_empty() && host.contains('.') && !host.starts_with('.') && !host.ends_with('.')
+    }) && !e.contains(char::is_whitespace);
+    if ok {
+        Ok(Some(e))
+    } else {
+        Err(invalid("email", "must be an email address"))
+    }
+}
+
+fn parsed<T: std::str::FromStr<Err = ParseError>>(field: &str, v: &str) -> Result<T, ApiError> {
+    v.parse()
+        .map_err(|e: ParseError| invalid(field, format!("is invalid: {}", e.0)))
+}
+
+/// 201/200 with the resource, its ETag and (for creations) its Location.
+fn resource<T: Serialize>(
+    status: StatusCode,
+    body: &T,
+    version: i64,
+    location: Option<String>,
+) -> Response {
+    let mut res = (status, axum::Json(body)).into_response();
+    let h = res.headers_mut();
+    if let Ok(v) = HeaderValue::from_str(&format!("\"{version}\"")) {
+        h.insert(header::ETAG, v);
+    }
+    if let Some(loc) = location.and_then(|l| HeaderValue::from_str(&l).ok()) {
+        h.insert(header::LOCATION, loc);
+    }
+    res
+}
+
+/// Drops what the change touched. L1 is always dropped; if Redis could not be reached the
+/// deletion is owed and retried, and L2 is bypassed until it lands, so the answer can go out.
+async fn invalidate(state: &AppState, change: &Change) {
+    if let Err(e) = state.invalidator.apply(change, Source::Write).await {
+        tracing::warn!(error = %e, ?change, "redis invalidation deferred; L2 bypassed until it lands");
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct CreateOrg {
+    name: String,
+    phone_number: String,
+    timezone: Option<String>,
+    greeting_template: Option<String>,
+    settings: Option<Value>,
+}
+
+pub(super) async fn create_org(
+    State(state): State<AppState>,
+    ApiJson(b): ApiJson<CreateOrg>,
+) -> Result<Response, ApiError> {
+    let new = NewOrganization {
+        name: text("name", b.name, MAX_NAME)?,
+        phone: phone(&state, &b.phone_number)?,
+        timezone: b
+            .timezone
+            .map(timezone)
+            .transpose()?
+            .unwrap_or_else(|| "UTC".into()),
+        greeting_template: optional_text("greeting_template", b.greeting_template, MAX_TEMPLATE)?,
+        settings: object(
+            "settings",
+            b.settings
+                .unwrap_or_else(|| Value::Object(Default::default())),
+        )?,
+    };
+    let (org, change) = state.store.create_org(&new).await?;
+    invalidate(&state, &change).await;
+    let loc = format!("/v1/organizations/{}", org.id);
+    Ok(resource(StatusCode::CREATED, &org, org.version, Some(loc)))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct PatchOrg {
+    #[serde(default, deserialize_with = "double_option")]
+    name: Option<Option<String>>,
+    #[serde(default, deserialize_with = "double_option")]
+    phone_number: Option<Option<String>>,
+    #[serde(default, deserialize_with = "double_option")]
+    timezone: Option<Option<String>>,
+    #[serde(default, deserialize_with = "double_option")]
+    greeting_template: Option<Option<String>>,
+    #[serde(default, deserialize_with = "double_option")]
+    settings: Option<Option<Value>>,
+}
+
+pub(super) async fn update_org(
+    State(state): State<AppState>,
+    PathId(id): PathId<OrgId>,
+    headers: HeaderMap,
+    ApiJson(b): ApiJson<PatchOrg>,
+) -> Result<Response, ApiError> {
+    let expected = if_match(&headers)?;
+    let patch = OrganizationPatch {
+        name: not_null("name", b.name)?
+            .map(|v| text("name", v, MAX_NAME))
+            .transpose()?,
+        phone: not_null("phone_number", b.phone_number)?
+            .map(|v| phone(&state, &v))
+            .transpose()?,
+        timezone: not_null("timezone", b.timezone)?
+            .map(timezone)
+            .transpose()?,
+        greeting_template: not_null("greeting_template", b.greeting_template)?
+            .map(|v| text("greeting_template", v, MAX_TEMPLATE))
+            .transpose()?,
+        settings: not_null("settings", b.settings)?
+            .map(|v| object("settings", v))
+            .transpose()?,
+    };
+    let (org, change) = state.store.update_org(id, &patch, expected).await?;
+    invalidate(&state, &change).await;
+    Ok(resource(StatusCode::OK, &org, org.version, None))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct CreateLead {
+    organization_id: String,
+    phone_number: String,
+    first_name: Option<String>,
+    last_name: Option<String>,
+    email: Option<String>,
+    status: Option<String>,
+    attributes: Option<Value>,
+}
+
+pub(super) async fn create_lead(
+    State(state): State<AppState>,
+    ApiJson(b): ApiJson<CreateLead>,
+) -> Result<Response, ApiError> {
+    let new = NewLead {
+        org: parsed::<OrgId>("organization_id", &b.organization_id)?,
+        phone: phone(&state, &b.phone_number)?,
+        first_name: optional_text("first_name", b.first_name, MAX_NAME)?,
+        last_name: optional_text("last_name", b.last_name, MAX_NAME)?,
+        email: email(b.email)?,
+        status: b
+            .status
+            .as_deref()
+            .map(|s| parsed::<LeadStatus>("status", s))
+            .transpose()?
+            .unwrap_or(LeadStatus::New),
+        attributes: object(
+            "attributes",
+            b.attributes
+                .unwrap_or_else(|| Value::Object(Default::default())),
+        )?,
+    };
+    let (lead, change) = state.store.create_lead(&new).await?;
+    invalidate(&state, &change).await;
+    let loc = format!("/v1/leads/{}", lead.id);
+    Ok(resource(
+        StatusCode::CREATED,
+        &lead,
+        lead.version,
+        Some(loc),
+    ))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct PatchLead {
+    #[serde(default, deserialize_with = "double_option")]
+    phone_number: Option<Option<String>>,
+    #[serde(default, deserialize_with = "double_option")]
+    first_name: Option<Option<String>>,
+    #[serde(default, deserialize_with = "double_option")]
+    last_name: Option<Option<String>>,
+    #[serde(default, deserialize_with = "double_option")]
+    email: Option<Option<String>>,
+    #[serde(default, deserialize_with = "double_option")]
+    status: Option<Option<String>>,
+    #[serde(default, deserialize_with = "double_option")]
+    attributes: Option<Option<Value>>,
+}
+
+/// A nullable text field of a patch: absent, cleared (`null`), or a new checked value.
+fn nullable_text(
+    field: &str,
+    v: Option<Option<String>>,
+    max: usize,
+) -> Result<Option<Option<String>>, ApiError> {
+    match v {
+        None => Ok(None),
+        Some(None) => Ok(Some(None)),
+        Some(Some(s)) => Ok(Some(Some(text(field, s, max)?))),
+    }
+}
+
+pub(super) async fn update_lead(
+    State(state): State<AppState>,
+    PathId(id): PathId<LeadId>,
+    headers: HeaderMap,
+    ApiJson(b): ApiJson<PatchLead>,
+) -> Result<Response, ApiError> {
+    let expected = if_match(&headers)?;
+    let patch = LeadPatch {
+        phone: not_null("phone_number", b.phone_number)?
+            .map(|v| phone(&state, &v))
+            .transpose()?,
+        first_name: nullable_text("first_name", b.first_name, MAX_NAME)?,
+        last_name: nullable_text("last_name", b.last_name, MAX_NAME)?,
+        email: match b.email {
+            None => None,
+            Some(None) => Some(None),
+            Some(v) => Some(email(v)?),
+        },
+        status: not_null("status", b.status)?
+            .map(|s| parsed::<LeadStatus>("status", &s))
+            .transpose()?,
+        attributes: not_null("attributes", b.attributes)?
+            .map(|v| object("attributes", v))
+            .transpose()?,
+    };
+    let (lead, change) = state.store.update_lead(id, &patch, expected).await?;
+    invalidate(&state, &change).await;
+    Ok(resource(StatusCode::OK, &lead, lead.version, None))
+}
+
+pub(super) async fn delete_lead(
+    State(state): State<AppState>,
+    PathId(id): PathId<LeadId>,
+) -> Result<Response, ApiError> {
+    let change = state.store.delete_lead(id).await.map_err(|e| match e {
+        crate::store::StoreError::NotFound => {
+            ApiError::not_found("lead_not_found", "No lead with that id.")
+        }
+        e => e.into(),
+    })?;
+    invalidate(&state, &change).await;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct CreateConversation {
+    channel: String,
+    direction: String,
+    summary: Option<String>,
+    started_at: Option<DateTime<Utc>>,
+    ended_at: Option<DateTime<Utc>>,
+}
+
+fn check_times(
+    started: Option<DateTime<Utc>>,
+    ended: Option<DateTime<Utc>>,
+) -> Result<(), ApiError> {
+    if let (Some(s), Some(e)) = (started, ended) {
+        if e < s {
+            return Err(invalid("ended_at", "must not be before started_at"));
+        }
+    }
+    Ok(())
+}
+
+pub(super) async fn create_conversation(
+    State(state): State<AppState>,
+    PathId(lead): PathId<LeadId>,
+    ApiJson(b): ApiJson<CreateConversation>,
+) -> Result<Response, ApiError> {
+    check_times(b.started_at.or(Some(Utc::now())), b.ended_at)?;
+    let new = NewConversation {
+        channel: parsed::<Channel>("channel", &b.channel)?,
+        direction: parsed::<Direction>("direction", &b.direction)?,
+        summary: optional_text("summary", b.summary, MAX_SUMMARY)?,
+        started_at: b.started_at,
+        ended_at: b.ended_at,
+    };
+    let (conv, change) =
+        state
+            .store
+            .create_conversation(lead, &new)
+            .await
+            .map_err(|e| match e {
+                crate::store::StoreError::NotFound => {
+                    ApiError::not_found("lead_not_found", "No lead with that id.")
+                }
+                e => e.into(),
+            })?;
+    invalidate(&state, &change).await;
+    let loc = format!("/v1/conversations/{}", conv.id);
+    Ok(resource(
+        StatusCode::CREATED,
+        &conv,
+        conv.version,
+        Some(loc),
+    ))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct PatchConversation {
+    #[serde(default, deserialize_with = "double_option")]
+    summary: Option<Option<String>>,
+    #[serde(default, deserialize_with = "double_option")]
+    ended_at: Option<Option<DateTime<Utc>>>,
+}
+
+pub(super) async fn update_conversation(
+    State(state): State<AppState>,
+    PathId(id): PathId<ConversationId>,
+    headers: HeaderMap,
+    ApiJson(b): ApiJson<PatchConversation>,
+) -> Result<Response, ApiError> {
+    let expected = if_match(&headers)?;
+    let patch = ConversationPatch {
+        summary: nullable_text("summary", b.summary, MAX_SUMMARY)?,
+        ended_at: b.ended_at,
+    };
+    let (conv, change) = state
+        .store
+        .update_conversation(id, &patch, expected)
+        .await
+        .map_err(|e| match e {
+            crate::store::StoreError::NotFound => {
+                ApiError::not_found("conversation_not_found", "No conversation with that id.")
+            }
+            e => e.into(),
+        })?;
+    invalidate(&state, &change).await;
+    Ok(resource(StatusCode::OK, &conv, conv.version, None))
+}

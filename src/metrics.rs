@@ -1,0 +1,241 @@
+//! The Prometheus registry and every metric family sidecache exports, with their help texts.
+//! Hot-path counters are resolved once at start-up so a lookup does no label hashing.
+
+use std::sync::Arc;
+
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts,
+    Registry, TextEncoder,
+};
+
+use crate::cache::{CacheStatus, Kind};
+
+/// Latency buckets in seconds, from 50 µs (an L1 hit) to 10 s (a stuck query).
+pub const LATENCY_BUCKETS: &[f64] = &[
+    0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
+    2.5, 5.0, 10.0,
+];
+
+/// Results of a cache lookup, as the `result` label.
+pub const LOOKUP_RESULTS: [&str; 5] = ["hit_l1", "hit_l2", "miss", "negative", "stale"];
+
+/// Every metric family, registered in one registry.
+pub struct Metrics {
+    registry: Registry,
+    pub http_requests: IntCounterVec,
+    pub http_duration: HistogramVec,
+    lookups: Vec<[IntCounter; 5]>,
+    pub fills: IntCounterVec,
+    fill_duration: Vec<Histogram>,
+    pub redis_ops: IntCounterVec,
+    pub redis_errors: IntCounterVec,
+    pub redis_duration: HistogramVec,
+    pub pg_queries: IntCounterVec,
+    pub pg_errors: IntCounterVec,
+    pub pg_duration: HistogramVec,
+    pub invalidations: IntCounterVec,
+    pub invalidated_keys: IntCounterVec,
+    coalesced: Vec<IntCounter>,
+    pub l1_entries: IntGauge,
+    pub l1_bytes: IntGauge,
+    pub redis_up: IntGauge,
+    pub postgres_up: IntGauge,
+}
+
+fn counter_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+    let c = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric definition");
+    r.register(Box::new(c.clone()))
+        .expect("metric registered once");
+    c
+}
+
+fn histogram_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> HistogramVec {
+    let h = HistogramVec::new(
+        HistogramOpts::new(name, help).buckets(LATENCY_BUCKETS.to_vec()),
+        labels,
+    )
+    .expect("valid metric definition");
+    r.register(Box::new(h.clone()))
+        .expect("metric registered once");
+    h
+}
+
+fn gauge(r: &Registry, name: &str, help: &str) -> IntGauge {
+    let g = IntGauge::new(name, help).expect("valid metric definition");
+    r.register(Box::new(g.clone()))
+        .expect("metric registered once");
+    g
+}
+
+impl Metrics {
+    /// Builds and registers every family. Panics only on a programming error in a definition.
+    pub fn new() -> Arc<Self> {
+        let r = Registry::new();
+        let http_requests = counter_vec(
+            &r,
+            "sidecache_http_requests_total",
+            "HTTP requests answered, by matched route, method and status code.",
+            &["route", "method", "status"],
+        );
+        let http_duration = histogram_vec(
+            &r,
+            "sidecache_http_request_duration_seconds",
+            "Time from request received to response headers ready, by matched route, method and status code.",
+            &["route", "method", "status"],
+        );
+        let lookups_vec = counter_vec(
+            &r,
+            "sidecache_cache_lookups_total",
+            "Cache lookups by kind and result (hit_l1, hit_l2, miss, negative, stale).",
+            &["kind", "result"],
+        );
+        let lookups = Kind::ALL
+            .iter()
+            .map(|k| LOOKUP_RESULTS.map(|res| lookups_vec.with_label_values(&[k.as_str(), res])))
+            .collect();
+        let fills = counter_vec(
+            &r,
+            "sidecache_cache_fills_total",
+            "Values loaded from Postgres and offered to a cache tier, by kind, tier and outcome (stored, fenced, error).",
+            &["kind", "tier", "outcome"],
+        );
+        let fill_duration_vec = histogram_vec(
+            &r,
+            "sidecache_cache_fill_duration_seconds",
+            "Time to load a missing value from Postgres and fill the caches, by kind.",
+            &["kind"],
+        );
+        let fill_duration = Kind::ALL
+            .iter()
+            .map(|k| fill_duration_vec.with_label_values(&[k.as_str()]))
+            .collect();
+        let redis_ops = counter_vec(
+            &r,
+            "sidecache_redis_operations_total",
+            "Redis operations attempted, by command.",
+            &["command"],
+        );
+        let redis_errors = counter_vec(
+            &r,
+            "sidecache_redis_errors_total",
+            "Redis operations that failed or timed out, by command.",
+            &["command"],
+        );
+        let redis_duration = histogram_vec(
+            &r,
+            "sidecache_redis_operation_duration_seconds",
+            "Redis operation latency, by command.",
+            &["command"],
+        );
+        let pg_queries = counter_vec(
+            &r,
+            "sidecache_postgres_queries_total",
+            "Postgres queries run, by query name.",
+            &["query"],
+        );
+        let pg_errors = counter_vec(
+            &r,
+            "sidecache_postgres_errors_total",
+            "Postgres queries that failed, by query name.",
+            &["query"],
+        );
+        let pg_duration = histogram_vec(
+            &r,
+            "sidecache_postgres_query_duration_seconds",
+            "Postgres query latency, by query name.",
+            &["query"],
+        );
+        let invalidations = counter_vec(
+            &r,
+            "sidecache_invalidations_total",
+            "Changes applied to the caches, by source (write, admin).",
+            &["source"],
+        );
+        let invalidated_keys = counter_vec(
+            &r,
+            "sidecache_invalidated_keys_total",
+            "Keys and tags dropped by invalidations, by tier (l1, l2) and what (key, tag).",
+            &["tier", "what"],
+        );
+        let coalesced_vec = counter_vec(
+            &r,
+            "sidecache_coalesced_waits_total",
+            "Lookups that waited for another request's load of the same key instead of loading it again, by kind.",
+            &["kind"],
+        );
+        let coalesced = Kind::ALL
+            .iter()
+            .map(|k| coalesced_vec.with_label_values(&[k.as_str()]))
+            .collect();
+        let l1_entries = gauge(
+            &r,
+            "sidecache_l1_entries",
+            "Entries held in the in-process cache (L1).",
+        );
+        let l1_bytes = gauge(
+            &r,
+            "sidecache_l1_weighted_bytes",
+            "Approximate bytes held in the in-process cache (L1), as weighed against its bound.",
+        );
+        let redis_up = gauge(
+            &r,
+            "sidecache_redis_up",
+            "1 if Redis is enabled and answering, else 0.",
+        );
+        let postgres_up = gauge(
+            &r,
+            "sidecache_postgres_up",
+            "1 if Postgres is answering, else 0.",
+        );
+
+        Arc::new(Metrics {
+            registry: r,
+            http_requests,
+            http_duration,
+            lookups,
+            fills,
+            fill_duration,
+            redis_ops,
+            redis_errors,
+            redis_duration,
+            pg_queries,
+            pg_errors,
+            pg_duration,
+            invalidations,
+            invalidated_keys,
+            coalesced,
+            l1_entries,
+            l1_bytes,
+            redis_up,
+            postgres_up,
+        })
+    }
+
+    /// Counts one lookup answered with `status` (a negative entry counts as `negative`).
+    pub fn lookup(&self, kind: Kind, status: CacheStatus, negative: bool) {
+        let i = match status {
+            CacheStatus::HitL1 | CacheStatus::HitL2 if negative => 3,
+            CacheStatus::HitL1 => 0,
+            CacheStatus::HitL2 => 1,
+            CacheStatus::Miss | CacheStatus::Bypass => 2,
+            CacheStatus::Stale => 4,
+        };
+        self.lookups[kind.index()][i].inc();
+    }
+
+    pub fn fill_duration(&self, kind: Kind) -> &Histogram {
+        &self.fill_duration[kind.index()]
+    }
+
+    pub fn coalesced(&self, kind: Kind) -> &IntCounter {
+        &self.coalesced[kind.index()]
+    }
+
+    /// The text exposition of every family.
+    pub fn render(&self) -> Vec<u8> {
+        let mut buf = Vec::with_capacity(16 * 1024);
+        // Encoding into a Vec cannot fail for well-formed families.
+        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut buf);
+        buf
+    }
+}

@@ -1,0 +1,289 @@
+//! Process wiring. `Application::build(settings)` connects the pieces and binds the listener
+//! (port 0 allowed), so tests boot the real thing; `run_until_stopped` serves until SIGTERM or
+//! Ctrl-C, then drains.
+
+use std::future::{Future, IntoFuture};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use sqlx::postgres::PgConnectOptions;
+use sqlx::{ConnectOptions, Connection};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use crate::cache::{Local, Remote, RemoteConfig, Tiered};
+use crate::config::Settings;
+use crate::http::{self, AppInner, AppState, Health, Phase};
+use crate::invalidation::Invalidator;
+use crate::metrics::Metrics;
+use crate::store::{Store, StoreConfig};
+
+/// The embedded migrations.
+pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
+
+fn connect_options(settings: &Settings) -> anyhow::Result<PgConnectOptions> {
+    settings
+        .postgres
+        .url
+        .expose()
+        .parse::<PgConnectOptions>()
+        .map_err(|_| anyhow::anyhow!("postgres.url {} cannot be parsed", settings.postgres.url))
+}
+
+/// Creates the database if it does not exist, then applies the migrations.
+pub async fn prepare_database(settings: &Settings) -> anyhow::Result<()> {
+    let opts = connect_options(settings)?;
+    let name = opts.get_database().unwrap_or("postgres").to_owned();
+    let mut admin = opts
+        .clone()
+        .database("postgres")
+        .connect()
+        .await
+        .with_context(|| format!("cannot connect to postgres at {}", settings.postgres.url))?;
+    let exists: bool =
+        sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)")
+            .bind(&name)
+            .fetch_one(&mut admin)
+            .await?;
+    if !exists {
+        let quoted = format!("\"{}\"", name.replace('"', "\"\""));
+        match sqlx::query(&format!("CREATE DATABASE {quoted}"))
+            .execute(&mut admin)
+            .await
+        {
+            Ok(_) => tracing::info!(database = %name, "created database"),
+            // Another process created it first: fine.
+            Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some("42P04") => {}
+            Err(e) => return Err(e).context(format!("cannot create database {name}")),
+        }
+    }
+    admin.close().await.ok();
+    let mut conn = opts
+        .connect()
+        .await
+        .with_context(|| format!("cannot connect to database {name}"))?;
+    MIGRATOR.run(&mut conn).await.context("migrations failed")?;
+    conn.close().await.ok();
+    Ok(())
+}
+
+/// A bound, ready-to-run sidecache.
+pub struct Application {
+    listener: TcpListener,
+    port: u16,
+    state: AppState,
+    settings: Settings,
+}
+
+impl Application {
+    /// Builds every component and binds the listener. Postgres and Redis are connected lazily or
+    /// in the background: a dependency that is down does not stop sidecache from starting.
+    pub async fn build(settings: Settings) -> anyhow::Result<Self> {
+        let metrics = Metrics::new();
+        let store = Store::new(
+            &StoreConfig {
+                connect: connect_options(&settings)?,
+                max_connections: settings.postgres.max_connections,
+                min_connections: settings.postgres.min_connections,
+                acquire_timeout: Duration::from_millis(settings.postgres.acquire_timeout_ms),
+                statement_timeout: Duration::from_millis(settings.postgres.statement_timeout_ms),
+            },
+            metrics.clone(),
+        );
+        let remote = if settings.redis.enabled {
+            let cfg = RemoteConfig {
+                url: settings.redis.url.expose().to_owned(),
+                namespace: settings.redis.namespace.clone(),
+                timeout: Duration::from_millis(settings.redis.timeout_ms),
+                connect_timeout: Duration::from_millis(settings.redis.connect_timeout_ms),
+                pool_size: settings.redis.pool_size,
+            };
+            let remote =
+                Arc::new(Remote::new(&cfg, metrics.clone()).map_err(|e| anyhow::anyhow!("{e}"))?);
+            if let Err(e) = remote.connect().await {
+                tracing::warn!(redis = %settings.redis.url, error = %e, "redis unreachable at start; serving from L1 and Postgres until it answers");
+            }
+            Some(remote)
+        } else {
+            tracing::warn!("REDIS_ENABLED=false: Redis is off; lookups use the in-process cache and Postgres only");
+            None
+        };
+        let local = Local::new(settings.cache.l1_enabled, settings.cache.l1_max_bytes);
+        let cache = Arc::new(Tiered::new(
+            local,
+            remote,
+            settings.policies(),
+            metrics.clone(),
+        ));
+        let invalidator = Invalidator::new(cache.clone(), metrics.clone());
+        let health = Arc::new(Health::default());
+        let state = AppState(Arc::new(AppInner {
+            cache,
+            store,
+            invalidator,
+            metrics,
+            region: settings.region(),
+            health,
+            redis_enabled: settings.redis.enabled,
+        }));
+        let addr = settings.listen_addr();
+        let listener = TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("cannot listen on {addr}"))?;
+        let port = listener.local_addr()?.port();
+        Ok(Application {
+            listener,
+            port,
+            state,
+            settings,
+        })
+    }
+
+    /// The bound port (useful with port 0).
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// The shared state (tests reach the cache and store through it).
+    pub fn state(&self) -> &AppState {
+        &self.state
+    }
+
+    /// Serves until SIGTERM or Ctrl-C.
+    pub async fn run_until_stopped(self) -> anyhow::Result<()> {
+        self.run_until(shutdown_signal()).await
+    }
+
+    /// Serves until `stop` completes, then drains in-flight requests (within the grace period)
+    /// and stops background tasks.
+    pub async fn run_until(
+        self,
+        stop: impl Future<Output = ()> + Send + 'static,
+    ) -> anyhow::Result<()> {
+        let Application {
+            listener,
+            port,
+            state,
+            settings,
+        } = self;
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let tasks = spawn_background(&state, stop_rx.clone());
+        // One probe before declaring readiness, so /readyz tells the truth from the first answer.
+        probe_postgres(&state).await;
+        state.health.set_phase(Phase::Ready);
+        tracing::info!(
+            port,
+            redis = settings.redis.enabled,
+            "sidecache listening on {}",
+            settings.listen_addr().ip()
+        );
+
+        let router = http::router(state.clone(), settings.server.body_limit_bytes);
+        let drain_state = state.clone();
+        let mut serve_stop = stop_rx.clone();
+        let server = axum::serve(listener, router).with_graceful_shutdown(async move {
+            stopped(&mut serve_stop).await;
+        });
+        let grace = Duration::from_secs(settings.server.shutdown_grace_secs);
+        let mut server = std::pin::pin!(server.into_future());
+        tokio::select! {
+            res = &mut server => res?,
+            _ = stop => {
+                tracing::info!("shutdown requested; draining in-flight requests");
+                drain_state.health.set_phase(Phase::Draining);
+                let _ = stop_tx.send(true);
+                if tokio::time::timeout(grace, &mut server).await.is_err() {
+                    tracing::warn!(grace_secs = grace.as_secs(), "in-flight requests did not finish within the grace period");
+                }
+            }
+        }
+        let _ = stop_tx.send(true);
+        for t in tasks {
+            let _ = tokio::time::timeout(Duration::from_secs(2), t).await;
+        }
+        state.store.pool().close().await;
+        tracing::info!("sidecache stopped");
+        Ok(())
+    }
+}
+
+async fn probe_postgres(state: &AppState) {
+    let up = state.store.ping().await.is_ok();
+    if up != state.health.postgres_up() {
+        if up {
+            tracing::info!("postgres is answering");
+        } else {
+            tracing::warn!(
+                "postgres is not answering; lookups are served from cache where possible"
+            );
+        }
+    }
+    state.health.set_postgres_up(up);
+    state.metrics.postgres_up.set(i64::from(up));
+}
+
+/// Probes Postgres and Redis, (re)connects Redis and delivers owed invalidations.
+fn spawn_background(
+    state: &AppState,
+    stop: watch::Receiver<bool>,
+) -> Vec<tokio::task::JoinHandle<()>> {
+    let mut tasks = Vec::new();
+    {
+        let state = state.clone();
+        let mut stop = stop.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(2));
+            loop {
+                tokio::select! {
+                    _ = tick.tick() => probe_postgres(&state).await,
+                    _ = stopped(&mut stop) => break,
+                }
+            }
+        }));
+    }
+    if let Some(remote) = state.cache.remote().cloned() {
+        let mut stop = stop.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_millis(500));
+            loop {
+                tokio::select! {
+                    _ = tick.tick() => {
+                        if remote.probe().await {
+                            remote.retry_pending().await;
+                        }
+                    }
+                    _ = stopped(&mut stop) => break,
+                }
+            }
+        }));
+    }
+    tasks
+}
+
+/// Completes once the stop flag is set (or its sender is gone).
+async fn stopped(stop: &mut watch::Receiver<bool>) {
+    let _ = stop.wait_for(|s| *s).await;
+}
+
+/// Completes on Ctrl-C or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+    }
+}

@@ -1,0 +1,143 @@
+//! Postgres: the queries behind every lookup and the writes, each of which returns the
+//! [`Change`](crate::domain::Change) it committed. Every statement is timed and counted by name.
+
+mod reads;
+mod writes;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::PgPool;
+
+pub use reads::{ConversationStats, LeadWithOrg};
+pub use writes::{
+    ConversationPatch, LeadPatch, NewConversation, NewLead, NewOrganization, OrganizationPatch,
+};
+
+use crate::metrics::Metrics;
+
+/// Failures of the store, classified for the HTTP layer. Cloneable so one failed load can be
+/// handed to every request that was waiting for it.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum StoreError {
+    #[error("not found")]
+    NotFound,
+    #[error("{0}")]
+    Conflict(&'static str),
+    #[error("the row is at version {current}")]
+    PreconditionFailed { current: i64 },
+    #[error("{0}")]
+    Invalid(String),
+    #[error("database unavailable: {0}")]
+    Unavailable(Arc<sqlx::Error>),
+    #[error("database error: {0}")]
+    Other(Arc<sqlx::Error>),
+    #[error("could not encode a response: {0}")]
+    Encode(String),
+}
+
+impl StoreError {
+    fn classify(e: sqlx::Error) -> Self {
+        use sqlx::Error as E;
+        match &e {
+            E::PoolTimedOut | E::PoolClosed | E::Io(_) | E::Tls(_) | E::Protocol(_) => {
+                StoreError::Unavailable(Arc::new(e))
+            }
+            E::Database(db) => {
+                let code = db.code().map(|c| c.into_owned()).unwrap_or_default();
+                match code.as_str() {
+                    "23505" => {
+                        StoreError::Conflict("a row with the same unique value already exists")
+                    }
+                    "23503" => StoreError::Invalid("a referenced row does not exist".into()),
+                    "23514" | "23502" => StoreError::Invalid(format!(
+                        "the value breaks a rule of the data model ({})",
+                        db.constraint().unwrap_or("check")
+                    )),
+                    c if c.starts_with("22") => {
+                        StoreError::Invalid("a value is out of range or malformed".into())
+                    }
+                    // connection exceptions, shutdown, statement timeout, too many connections
+                    c if c.starts_with("08") || c.starts_with("57") || c == "53300" => {
+                        StoreError::Unavailable(Arc::new(e))
+                    }
+                    _ => StoreError::Other(Arc::new(e)),
+                }
+            }
+            _ => StoreError::Other(Arc::new(e)),
+        }
+    }
+
+    /// True when the primary database could not be reached or did not answer in time.
+    pub fn is_unavailable(&self) -> bool {
+        matches!(self, StoreError::Unavailable(_))
+    }
+}
+
+/// Pool settings.
+#[derive(Debug, Clone)]
+pub struct StoreConfig {
+    pub connect: PgConnectOptions,
+    pub max_connections: u32,
+    pub min_connections: u32,
+    pub acquire_timeout: Duration,
+    pub statement_timeout: Duration,
+}
+
+/// Access to Postgres.
+#[derive(Clone)]
+pub struct Store {
+    pool: PgPool,
+    metrics: Arc<Metrics>,
+}
+
+impl Store {
+    /// A lazily connecting pool: start-up does not fail if Postgres is briefly away.
+    pub fn new(cfg: &StoreConfig, metrics: Arc<Metrics>) -> Self {
+        let statement_timeout = cfg.statement_timeout.as_millis().to_string();
+        let connect = cfg
+            .connect
+            .clone()
+            .options([("statement_timeout", statement_timeout.as_str())])
+            .application_name("sidecache");
+        let pool = PgPoolOptions::new()
+            .max_connections(cfg.max_connections.max(1))
+            .min_connections(cfg.min_connections)
+            .acquire_timeout(cfg.acquire_timeout)
+            .connect_lazy_with(connect);
+        Store { pool, metrics }
+    }
+
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
+    /// Runs one named statement, recording count, errors and latency.
+    async fn timed<T, F>(&self, name: &'static str, fut: F) -> Result<T, StoreError>
+    where
+        F: std::future::Future<Output = Result<T, sqlx::Error>>,
+    {
+        let m = &self.metrics;
+        m.pg_queries.with_label_values(&[name]).inc();
+        let started = Instant::now();
+        let out = fut.await;
+        m.pg_duration
+            .with_label_values(&[name])
+            .observe(started.elapsed().as_secs_f64());
+        out.map_err(|e| {
+            let err = StoreError::classify(e);
+            if !matches!(err, StoreError::Conflict(_) | StoreError::Invalid(_)) {
+                m.pg_errors.with_label_values(&[name]).inc();
+            }
+            err
+        })
+    }
+
+    /// `SELECT 1`, for readiness.
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        self.timed("ping", sqlx::query("SELECT 1").execute(&self.pool))
+            .await
+            .map(|_| ())
+    }
+}
