@@ -19,6 +19,30 @@ pub const LATENCY_BUCKETS: &[f64] = &[
 /// Results of a cache lookup, as the `result` label.
 pub const LOOKUP_RESULTS: [&str; 5] = ["hit_l1", "hit_l2", "miss", "negative", "stale"];
 
+/// Redis commands sidecache issues (their series exist from the start, at zero).
+pub const REDIS_COMMANDS: &[&str] = &["mget", "fill", "invalidate", "ping"];
+
+/// Named Postgres statements (their series exist from the start, at zero).
+pub const PG_QUERIES: &[&str] = &[
+    "org_by_id",
+    "org_by_phone",
+    "lead_by_id",
+    "lead_by_phone",
+    "lead_with_org",
+    "conversations_page",
+    "conversation_stats",
+    "lead_exists",
+    "ping",
+    "version_of",
+    "create_org",
+    "update_org",
+    "create_lead",
+    "update_lead",
+    "delete_lead",
+    "create_conversation",
+    "update_conversation",
+];
+
 /// Every metric family, registered in one registry.
 pub struct Metrics {
     registry: Registry,
@@ -187,6 +211,31 @@ impl Metrics {
             "sidecache_postgres_up",
             "1 if Postgres is answering, else 0.",
         );
+
+        // Zero-valued series from the start, so rates and alerts work before the first event.
+        for c in REDIS_COMMANDS {
+            redis_ops.with_label_values(&[c]);
+            redis_errors.with_label_values(&[c]);
+        }
+        for q in PG_QUERIES {
+            pg_queries.with_label_values(&[q]);
+            pg_errors.with_label_values(&[q]);
+        }
+        for k in Kind::ALL {
+            for tier in ["l1", "l2"] {
+                for outcome in ["stored", "fenced", "error"] {
+                    fills.with_label_values(&[k.as_str(), tier, outcome]);
+                }
+            }
+        }
+        for source in ["write", "admin"] {
+            invalidations.with_label_values(&[source]);
+        }
+        for tier in ["l1", "l2"] {
+            for what in ["key", "tag"] {
+                invalidated_keys.with_label_values(&[tier, what]);
+            }
+        }
 
         Arc::new(Metrics {
             registry: r,

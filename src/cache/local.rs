@@ -63,9 +63,13 @@ impl Local {
         let cache = enabled.then(|| {
             Cache::builder()
                 .max_capacity(max_bytes)
-                .weigher(|k: &Box<str>, v: &Arc<L1Value>| {
-                    (k.len() + v.entry.weight() + 64).min(u32::MAX as usize) as u32
-                })
+                // moka hands the key as `&K`, so the signature has to name `&Box<str>`.
+                .weigher(
+                    #[allow(clippy::borrowed_box)]
+                    |k: &Box<str>, v: &Arc<L1Value>| {
+                        (k.len() + v.entry.weight() + 64).min(u32::MAX as usize) as u32
+                    },
+                )
                 .expire_after(PerEntryTtl)
                 .build()
         });

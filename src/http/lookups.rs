@@ -304,7 +304,7 @@ struct Greeting<'a> {
 
 /// The template for a channel: `settings.greeting_templates.<channel>` if the organization set
 /// one, else its `greeting_template`.
-fn template_for<'a>(org: &'a Organization, channel: Channel) -> &'a str {
+fn template_for(org: &Organization, channel: Channel) -> &str {
     org.settings
         .get("greeting_templates")
         .and_then(|t| t.get(channel.as_str()))
@@ -383,45 +383,38 @@ struct IdRef<T> {
     id: T,
 }
 
-/// The organization of a lead, from the (cached) lead. `None` if the lead does not exist.
-async fn org_of_lead(state: &AppState, id: LeadId) -> Result<Option<OrgId>, ApiError> {
-    let lookup = lead_lookup(state, id, Mode::ReadThrough).await?;
-    if lookup.entry.negative {
-        return Ok(None);
-    }
-    let r: OrgRef = serde_json::from_slice(&lookup.entry.body).map_err(|e| {
-        ApiError::from(StoreError::Encode(format!(
-            "cached lead is not a lead: {e}"
-        )))
-    })?;
-    Ok(Some(r.organization_id))
-}
-
 /// Context or greeting: values that embed the lead's organization, so they carry its tag. The
 /// tag must be known before loading (fences are taken first), so the organization is resolved
-/// from the cached lead on a miss; a hit never needs it.
+/// from the cached lead on a miss; a hit never needs it. An unknown lead answers with the lead's
+/// own (negative) lookup.
 async fn org_dependent(
     state: &AppState,
     id: LeadId,
     key: CacheKey,
     mode: Mode,
     load: impl FnOnce(Store) -> LoadFuture + Send + 'static,
-) -> Result<Option<Lookup>, ApiError> {
+) -> Result<Lookup, ApiError> {
     if mode == Mode::ReadThrough {
         if let Some(hit) = state.cache.get_l1(&key).await {
-            return Ok(Some(hit));
+            return Ok(hit);
         }
     }
-    let Some(org) = org_of_lead(state, id).await? else {
-        return Ok(None);
-    };
+    let lead = lead_lookup(state, id, Mode::ReadThrough).await?;
+    if lead.entry.negative {
+        return Ok(lead);
+    }
+    let org = serde_json::from_slice::<OrgRef>(&lead.entry.body)
+        .map_err(|e| {
+            ApiError::from(StoreError::Encode(format!(
+                "cached lead is not a lead: {e}"
+            )))
+        })?
+        .organization_id;
     let store = state.store.clone();
-    Ok(Some(
-        state
-            .cache
-            .get(&key, &[Tag::Org(org)], mode, move || load(store))
-            .await?,
-    ))
+    Ok(state
+        .cache
+        .get(&key, &[Tag::Org(org)], mode, move || load(store))
+        .await?)
 }
 
 // ---- routes ---------------------------------------------------------------------------------
@@ -502,7 +495,7 @@ pub(super) async fn context(
     PathId(id): PathId<LeadId>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    let found = org_dependent(
+    let lookup = org_dependent(
         &state,
         id,
         CacheKey::context(id),
@@ -510,10 +503,7 @@ pub(super) async fn context(
         move |s| load_context(s, id),
     )
     .await?;
-    match found {
-        Some(lookup) => Ok(respond(lookup, &headers, lead_missing)),
-        None => Err(lead_missing()),
-    }
+    Ok(respond(lookup, &headers, lead_missing))
 }
 
 pub(super) async fn summary(
@@ -538,7 +528,7 @@ pub(super) async fn greeting(
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let channel = channel_query(&q)?;
-    let found = org_dependent(
+    let lookup = org_dependent(
         &state,
         id,
         CacheKey::greeting(id, channel),
@@ -546,10 +536,7 @@ pub(super) async fn greeting(
         move |s| load_greeting(s, id, channel),
     )
     .await?;
-    match found {
-        Some(lookup) => Ok(respond(lookup, &headers, lead_missing)),
-        None => Err(lead_missing()),
-    }
+    Ok(respond(lookup, &headers, lead_missing))
 }
 
 pub(super) async fn history(
@@ -671,7 +658,7 @@ pub(super) async fn initiation(
         body.put_slice(b",\"lead\":");
         body.put_slice(&lead.entry.body);
         body.put_slice(b",\"context\":");
-        match ctx.as_ref().filter(|c| !c.entry.negative) {
+        match Some(&ctx).filter(|c| !c.entry.negative) {
             Some(c) => {
                 status = combine(status, c.status);
                 age = age.max(c.entry.age_secs(now_ms()));
@@ -680,7 +667,7 @@ pub(super) async fn initiation(
             None => body.put_slice(b"null"),
         }
         body.put_slice(b",\"greeting\":");
-        match greet.as_ref().filter(|g| !g.entry.negative) {
+        match Some(&greet).filter(|g| !g.entry.negative) {
             Some(g) => {
                 status = combine(status, g.status);
                 age = age.max(g.entry.age_secs(now_ms()));
@@ -701,8 +688,8 @@ pub(super) async fn initiation(
         }
         detail.push_str(&format!(
             ", context={}, greeting={}",
-            ctx.map(|c| c.status.as_str()).unwrap_or("NONE"),
-            greet.map(|g| g.status.as_str()).unwrap_or("NONE")
+            ctx.status.as_str(),
+            greet.status.as_str()
         ));
     }
     body.put_u8(b'}');

@@ -1,0 +1,186 @@
+//! The binary: configuration precedence, one-line errors, the REDIS_ENABLED=false warning.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+fn bin() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_sidecache"));
+    // Only what a test sets reaches the binary.
+    for (k, _) in std::env::vars() {
+        if k.starts_with("SIDECACHE")
+            || ["DATABASE_URL", "REDIS_URL", "REDIS_ENABLED", "RUST_LOG"].contains(&k.as_str())
+        {
+            c.env_remove(k);
+        }
+    }
+    c
+}
+
+fn temp_config(body: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("sidecache-cli-{}", uuid::Uuid::new_v4()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let p = dir.join("config.toml");
+    std::fs::write(&p, body).unwrap();
+    p
+}
+
+fn listen_of(out: &[u8]) -> String {
+    let text = String::from_utf8_lossy(out);
+    text.lines()
+        .find_map(|l| l.strip_prefix("listen = "))
+        .unwrap_or_default()
+        .trim_matches('"')
+        .to_owned()
+}
+
+#[test]
+fn file_then_env_then_flags() {
+    let cfg = temp_config("[server]\nlisten = \"127.0.0.1:1111\"\n");
+    let out = bin()
+        .args(["--config", cfg.to_str().unwrap(), "check-config"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(listen_of(&out.stdout), "127.0.0.1:1111");
+
+    let out = bin()
+        .args(["--config", cfg.to_str().unwrap(), "check-config"])
+        .env("SIDECACHE_LISTEN", "127.0.0.1:2222")
+        .output()
+        .unwrap();
+    assert_eq!(
+        listen_of(&out.stdout),
+        "127.0.0.1:2222",
+        "env beats the file"
+    );
+
+    let out = bin()
+        .args([
+            "--config",
+            cfg.to_str().unwrap(),
+            "--listen",
+            "127.0.0.1:3333",
+            "check-config",
+        ])
+        .env("SIDECACHE_LISTEN", "127.0.0.1:2222")
+        .output()
+        .unwrap();
+    assert_eq!(listen_of(&out.stdout), "127.0.0.1:3333", "flags beat env");
+
+    let out = bin()
+        .args(["--config", cfg.to_str().unwrap(), "check-config"])
+        .env("SIDECACHE__SERVER__LISTEN", "127.0.0.1:4444")
+        .env("REDIS_ENABLED", "0")
+        .env("REDIS_URL", "redis://:hunter2@127.0.0.1:6379")
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(listen_of(&out.stdout), "127.0.0.1:4444");
+    assert!(text.contains("enabled = false"), "{text}");
+    assert!(!text.contains("hunter2"), "secrets are redacted: {text}");
+}
+
+#[test]
+fn bad_configuration_exits_non_zero_with_one_line_naming_key_and_source() {
+    let cfg = temp_config("[cache]\njitter = 2.0\n");
+    let out = bin()
+        .args(["--config", cfg.to_str().unwrap(), "check-config"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    assert!(
+        err.contains("cache.jitter") && err.contains("config.toml"),
+        "{err}"
+    );
+
+    let cfg = temp_config("");
+    let out = bin()
+        .args(["--config", cfg.to_str().unwrap(), "serve"])
+        .env("REDIS_ENABLED", "perhaps")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    assert!(
+        err.contains("redis.enabled") && err.contains("REDIS_ENABLED"),
+        "{err}"
+    );
+
+    let out = bin()
+        .args([
+            "--config",
+            cfg.to_str().unwrap(),
+            "--redis-url",
+            "http://nope",
+            "check-config",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("redis.url") && err.contains("--redis-url"),
+        "{err}"
+    );
+
+    let out = bin()
+        .args(["--config", "/nonexistent/sidecache.toml", "check-config"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+}
+
+#[test]
+fn redis_disabled_warns_at_start() {
+    let cfg = temp_config("");
+    let db = format!(
+        "{}/sidecache_cli_{}",
+        crate::common::database_base_url(),
+        &uuid::Uuid::new_v4().simple().to_string()[..12]
+    );
+    let mut child = bin()
+        .args(["--config", cfg.to_str().unwrap(), "serve", "--no-migrate"])
+        .env("REDIS_ENABLED", "false")
+        .env("SIDECACHE_LISTEN", "127.0.0.1:0")
+        .env("DATABASE_URL", db)
+        .env("SIDECACHE__LOG__FORMAT", "json")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut seen = Vec::new();
+    let mut warned = false;
+    let mut listening = false;
+    while Instant::now() < deadline && !(warned && listening) {
+        if let Ok(line) = rx.recv_timeout(Duration::from_millis(200)) {
+            warned |= line.contains("WARN") && line.contains("REDIS_ENABLED=false");
+            listening |= line.contains("sidecache listening");
+            seen.push(line);
+        }
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(warned, "a warning names REDIS_ENABLED=false: {seen:#?}");
+    assert!(listening, "and it still starts: {seen:#?}");
+    assert!(
+        seen.iter()
+            .all(|l| serde_json::from_str::<serde_json::Value>(l).is_ok()),
+        "log.format=json gives JSON lines"
+    );
+}

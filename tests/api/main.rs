@@ -1,0 +1,12 @@
+//! Integration tests against the real local Postgres and Redis (see `common`).
+
+#![allow(unreachable_pub)] // test modules share helpers with `pub`; nothing here is a public API
+
+mod bad_input;
+mod common;
+mod config_cli;
+mod fencing;
+mod lookups;
+mod metrics;
+mod redis_modes;
+mod writes;

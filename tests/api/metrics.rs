@@ -1,0 +1,113 @@
+//! `/metrics`: the families exist, buckets reach 50 µs, and promtool accepts the exposition.
+
+use std::io::Write;
+use std::process::{Command, Stdio};
+
+use crate::common::spawn_app;
+use crate::lookups::world;
+
+const FAMILIES: &[&str] = &[
+    "sidecache_http_requests_total",
+    "sidecache_http_request_duration_seconds",
+    "sidecache_cache_lookups_total",
+    "sidecache_cache_fills_total",
+    "sidecache_cache_fill_duration_seconds",
+    "sidecache_redis_operations_total",
+    "sidecache_redis_errors_total",
+    "sidecache_redis_operation_duration_seconds",
+    "sidecache_postgres_queries_total",
+    "sidecache_postgres_errors_total",
+    "sidecache_postgres_query_duration_seconds",
+    "sidecache_invalidations_total",
+    "sidecache_invalidated_keys_total",
+    "sidecache_coalesced_waits_total",
+    "sidecache_l1_entries",
+    "sidecache_l1_weighted_bytes",
+    "sidecache_redis_up",
+    "sidecache_postgres_up",
+];
+
+#[tokio::test]
+async fn metrics_cover_every_family_and_pass_promtool() {
+    let app = spawn_app().await;
+    let w = world(&app).await;
+    for _ in 0..2 {
+        app.get(&format!("/v1/leads/{}/context", w.lead_id())).await;
+    }
+    app.get("/v1/leads/00000000-0000-4000-8000-000000000000")
+        .await;
+    app.get("/v1/calls/initiation?caller=%2B15550002000&callee=%2B15550001000")
+        .await;
+    let res = app
+        .client
+        .get(format!("{}/metrics", app.addr))
+        .send()
+        .await
+        .unwrap();
+    assert!(res.headers()["content-type"]
+        .to_str()
+        .unwrap()
+        .starts_with("text/plain; version=0.0.4"));
+    let text = res.text().await.unwrap();
+    for f in FAMILIES {
+        assert!(
+            text.contains(&format!("# TYPE {f} ")),
+            "family {f} is exported"
+        );
+    }
+    assert!(
+        text.contains("le=\"0.00005\""),
+        "buckets reach down to 50 µs"
+    );
+    assert!(text.contains("sidecache_http_requests_total{method=\"GET\",route=\"/v1/leads/{id}/context\",status=\"200\"} 2"), "matched route label");
+    assert!(app.metric("sidecache_l1_entries", &[]).await >= 3.0);
+    assert!(app.metric("sidecache_l1_weighted_bytes", &[]).await > 0.0);
+    assert_eq!(app.metric("sidecache_redis_up", &[]).await, 1.0);
+    assert_eq!(app.metric("sidecache_postgres_up", &[]).await, 1.0);
+    // The second context read and the initiation's context part.
+    assert_eq!(
+        app.metric(
+            "sidecache_cache_lookups_total",
+            &[("kind", "context"), ("result", "hit_l1")]
+        )
+        .await,
+        2.0
+    );
+    assert!(
+        app.metric("sidecache_invalidations_total", &[("source", "write")])
+            .await
+            >= 4.0
+    );
+
+    // promtool is installed by .ci/run; on a developer machine without it the check is skipped,
+    // but CI (CI=true) requires it.
+    let promtool = Command::new("promtool").arg("--version").output();
+    if promtool.is_err() {
+        assert!(
+            std::env::var("CI").is_err(),
+            "promtool must be installed in CI"
+        );
+        eprintln!("promtool not installed; skipping `promtool check metrics`");
+        return;
+    }
+    let mut child = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "promtool check metrics: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
