@@ -251,6 +251,67 @@ impl Default for CacheSettings {
     }
 }
 
+/// Keeping every instance fresh: the Postgres change listener, the peer bus, fill leases.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CoherenceSettings {
+    #[serde(deserialize_with = "flexible_bool")]
+    pub listener: bool,
+    /// Where the listener connects; empty = `postgres.url`.
+    pub listener_url: SecretUrl,
+    pub poll_interval_ms: u64,
+    pub outbox_retention_secs: u64,
+    pub outbox_prune_interval_secs: u64,
+    #[serde(deserialize_with = "flexible_bool")]
+    pub bus: bool,
+    /// Where the bus subscribes; empty = `redis.url`.
+    pub bus_url: SecretUrl,
+    pub heartbeat_ms: u64,
+    pub degraded_l1_ttl_secs: u64,
+    pub lease_ms: u64,
+    pub lease_wait_ms: u64,
+    pub lease_poll_ms: u64,
+}
+
+impl Default for CoherenceSettings {
+    fn default() -> Self {
+        CoherenceSettings {
+            listener: true,
+            listener_url: SecretUrl::new(""),
+            poll_interval_ms: 1000,
+            outbox_retention_secs: 3600,
+            outbox_prune_interval_secs: 60,
+            bus: true,
+            bus_url: SecretUrl::new(""),
+            heartbeat_ms: 500,
+            degraded_l1_ttl_secs: 5,
+            lease_ms: 2000,
+            lease_wait_ms: 300,
+            lease_poll_ms: 5,
+        }
+    }
+}
+
+impl CoherenceSettings {
+    /// The URL the change listener connects to.
+    pub fn listener_url<'a>(&'a self, postgres: &'a PostgresSettings) -> &'a SecretUrl {
+        if self.listener_url.expose().is_empty() {
+            &postgres.url
+        } else {
+            &self.listener_url
+        }
+    }
+
+    /// The URL the bus subscribes on.
+    pub fn bus_url<'a>(&'a self, redis: &'a RedisSettings) -> &'a SecretUrl {
+        if self.bus_url.expose().is_empty() {
+            &redis.url
+        } else {
+            &self.bus_url
+        }
+    }
+}
+
 /// Log output format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -284,6 +345,7 @@ pub struct Settings {
     pub postgres: PostgresSettings,
     pub redis: RedisSettings,
     pub cache: CacheSettings,
+    pub coherence: CoherenceSettings,
     pub log: LogSettings,
 }
 
@@ -556,6 +618,50 @@ impl Settings {
                 "must be greater than 0".into(),
             ));
         }
+        let co = &self.coherence;
+        let listen = co.listener_url.expose();
+        let postgres_scheme =
+            listen.starts_with("postgres://") || listen.starts_with("postgresql://");
+        if !listen.is_empty() && !postgres_scheme {
+            return Err(fail(
+                "coherence.listener_url",
+                format!("{} is not a postgres:// URL", co.listener_url),
+            ));
+        }
+        if !listen.is_empty() && listen.parse::<sqlx::postgres::PgConnectOptions>().is_err() {
+            return Err(fail(
+                "coherence.listener_url",
+                format!("{} cannot be parsed", co.listener_url),
+            ));
+        }
+        let bus = co.bus_url.expose();
+        if !bus.is_empty() && redis::Client::open(bus).is_err() {
+            return Err(fail(
+                "coherence.bus_url",
+                format!("{} is not a redis:// or rediss:// URL", co.bus_url),
+            ));
+        }
+        for (key, v) in [
+            ("coherence.poll_interval_ms", co.poll_interval_ms),
+            ("coherence.outbox_retention_secs", co.outbox_retention_secs),
+            (
+                "coherence.outbox_prune_interval_secs",
+                co.outbox_prune_interval_secs,
+            ),
+            ("coherence.heartbeat_ms", co.heartbeat_ms),
+            ("coherence.degraded_l1_ttl_secs", co.degraded_l1_ttl_secs),
+            ("coherence.lease_poll_ms", co.lease_poll_ms),
+        ] {
+            if v == 0 {
+                return Err(fail(key, "must be greater than 0".into()));
+            }
+        }
+        if co.outbox_retention_secs * 1000 < 10 * co.poll_interval_ms {
+            return Err(fail(
+                "coherence.outbox_retention_secs",
+                "must cover at least ten listener polls (coherence.poll_interval_ms)".into(),
+            ));
+        }
         tracing_subscriber::EnvFilter::try_new(&self.log.level).map_err(|_| {
             fail(
                 "log.level",
@@ -589,6 +695,16 @@ impl Settings {
             negative_ttl: Duration::from_secs(c.negative_ttl_secs),
             l1_max_ttl: Duration::from_secs(c.l1_max_ttl_secs),
             jitter: c.jitter,
+        })
+    }
+
+    /// Fleet-wide single flight, unless `coherence.lease_ms` is 0.
+    pub fn leases(&self) -> Option<crate::cache::LeaseConfig> {
+        let c = &self.coherence;
+        (c.lease_ms > 0).then(|| crate::cache::LeaseConfig {
+            ttl: Duration::from_millis(c.lease_ms),
+            wait: Duration::from_millis(c.lease_wait_ms),
+            poll: Duration::from_millis(c.lease_poll_ms),
         })
     }
 

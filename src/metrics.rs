@@ -20,7 +20,29 @@ pub const LATENCY_BUCKETS: &[f64] = &[
 pub const LOOKUP_RESULTS: [&str; 5] = ["hit_l1", "hit_l2", "miss", "negative", "stale"];
 
 /// Redis commands sidecache issues (their series exist from the start, at zero).
-pub const REDIS_COMMANDS: &[&str] = &["mget", "fill", "invalidate", "ping"];
+pub const REDIS_COMMANDS: &[&str] = &[
+    "read",
+    "mget",
+    "fill",
+    "release",
+    "invalidate",
+    "publish",
+    "ping",
+    "scan",
+    "unlink",
+];
+
+/// Where an invalidation came from, as the `source` label.
+pub const INVALIDATION_SOURCES: [&str; 4] = ["write", "notify", "peer", "admin"];
+
+/// Why L1 was flushed as a whole, as the `reason` label.
+pub const FLUSH_REASONS: [&str; 4] = ["bus_gap", "bus_resubscribe", "listener_gap", "admin"];
+
+/// What became of a lookup that found another load holding the key's lease.
+pub const LEASE_OUTCOMES: [&str; 3] = ["filled", "released", "timeout"];
+
+/// What the change listener did with an outbox row.
+pub const OUTBOX_ACTIONS: [&str; 3] = ["applied", "own_write", "already_applied"];
 
 /// Named Postgres statements (their series exist from the start, at zero).
 pub const PG_QUERIES: &[&str] = &[
@@ -34,6 +56,9 @@ pub const PG_QUERIES: &[&str] = &[
     "lead_exists",
     "ping",
     "version_of",
+    "outbox_read",
+    "outbox_newest",
+    "outbox_prune",
     "create_org",
     "update_org",
     "create_lead",
@@ -64,6 +89,15 @@ pub struct Metrics {
     pub l1_bytes: IntGauge,
     pub redis_up: IntGauge,
     pub postgres_up: IntGauge,
+    pub invalidation_lag: HistogramVec,
+    pub outbox_backlog: IntGauge,
+    pub outbox_rows: IntCounterVec,
+    pub listener_up: IntGauge,
+    pub bus_up: IntGauge,
+    pub bus_messages: IntCounterVec,
+    pub bus_gaps: IntCounter,
+    pub l1_flushes: IntCounterVec,
+    pub lease_waits: IntCounterVec,
 }
 
 fn counter_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -172,7 +206,7 @@ impl Metrics {
         let invalidations = counter_vec(
             &r,
             "sidecache_invalidations_total",
-            "Changes applied to the caches, by source (write, admin).",
+            "Changes applied to the caches, by source (write, notify, peer, admin).",
             &["source"],
         );
         let invalidated_keys = counter_vec(
@@ -211,6 +245,58 @@ impl Metrics {
             "sidecache_postgres_up",
             "1 if Postgres is answering, else 0.",
         );
+        let invalidation_lag = histogram_vec(
+            &r,
+            "sidecache_invalidation_lag_seconds",
+            "Time from a change's commit to its invalidation applied on this instance, by source (write, notify, peer).",
+            &["source"],
+        );
+        let outbox_backlog = gauge(
+            &r,
+            "sidecache_outbox_backlog",
+            "Outbox rows committed in Postgres that this instance's change listener has not applied yet (newest id minus last applied id).",
+        );
+        let outbox_rows = counter_vec(
+            &r,
+            "sidecache_outbox_rows_total",
+            "Outbox rows read by the change listener, by action (applied; own_write: this instance's write route had already applied it; already_applied: another instance had already dropped it from Redis).",
+            &["action"],
+        );
+        let listener_up = gauge(
+            &r,
+            "sidecache_listener_up",
+            "1 while the Postgres change listener is connected and caught up, else 0.",
+        );
+        let bus_up = gauge(
+            &r,
+            "sidecache_bus_up",
+            "1 while this instance is subscribed to the peer invalidation bus and hears its own heartbeats, else 0.",
+        );
+        let bus_messages = counter_vec(
+            &r,
+            "sidecache_bus_messages_total",
+            "Peer invalidation bus messages, by direction (sent, received) and kind (invalidation, heartbeat).",
+            &["direction", "kind"],
+        );
+        let bus_gaps = IntCounter::new(
+            "sidecache_bus_gaps_total",
+            "Gaps seen in a peer's message sequence (a message was lost); each flushes L1.",
+        )
+        .expect("valid metric definition");
+        r.register(Box::new(bus_gaps.clone()))
+            .expect("metric registered once");
+        let l1_flushes = counter_vec(
+            &r,
+            "sidecache_l1_flushes_total",
+            "Times the whole L1 was dropped, by reason (bus_gap, bus_resubscribe, listener_gap, admin).",
+            &["reason"],
+        );
+        let lease_waits = counter_vec(
+            &r,
+            "sidecache_lease_waits_total",
+            "Lookups that found another load holding the key's fill lease and waited, by outcome (filled: its value arrived; released: it gave up, we loaded; timeout: we stopped waiting and loaded).",
+            &["outcome"],
+        );
 
         // Zero-valued series from the start, so rates and alerts work before the first event.
         for c in REDIS_COMMANDS {
@@ -228,8 +314,23 @@ impl Metrics {
                 }
             }
         }
-        for source in ["write", "admin"] {
+        for source in INVALIDATION_SOURCES {
             invalidations.with_label_values(&[source]);
+            invalidation_lag.with_label_values(&[source]);
+        }
+        for reason in FLUSH_REASONS {
+            l1_flushes.with_label_values(&[reason]);
+        }
+        for outcome in LEASE_OUTCOMES {
+            lease_waits.with_label_values(&[outcome]);
+        }
+        for action in OUTBOX_ACTIONS {
+            outbox_rows.with_label_values(&[action]);
+        }
+        for direction in ["sent", "received"] {
+            for kind in ["invalidation", "heartbeat"] {
+                bus_messages.with_label_values(&[direction, kind]);
+            }
         }
         for tier in ["l1", "l2"] {
             for what in ["key", "tag"] {
@@ -257,6 +358,15 @@ impl Metrics {
             l1_bytes,
             redis_up,
             postgres_up,
+            invalidation_lag,
+            outbox_backlog,
+            outbox_rows,
+            listener_up,
+            bus_up,
+            bus_messages,
+            bus_gaps,
+            l1_flushes,
+            lease_waits,
         })
     }
 

@@ -12,10 +12,10 @@ use sqlx::{ConnectOptions, Connection};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-use crate::cache::{Local, Remote, RemoteConfig, Tiered};
+use crate::cache::{ChannelState, Coherence, Local, Remote, RemoteConfig, Tiered};
 use crate::config::Settings;
 use crate::http::{self, AppInner, AppState, Health, Phase};
-use crate::invalidation::Invalidator;
+use crate::invalidation::{Bus, BusConfig, Invalidator, Listener, ListenerConfig};
 use crate::metrics::Metrics;
 use crate::store::{Store, StoreConfig};
 
@@ -81,16 +81,28 @@ impl Application {
     /// in the background: a dependency that is down does not stop sidecache from starting.
     pub async fn build(settings: Settings) -> anyhow::Result<Self> {
         let metrics = Metrics::new();
+        // Names this process in fill leases, bus messages and `application_name`.
+        let instance = uuid::Uuid::new_v4().simple().to_string()[..12].to_owned();
+        let statement_timeout = Duration::from_millis(settings.postgres.statement_timeout_ms);
+        let application_name = format!("sidecache/{instance}");
         let store = Store::new(
             &StoreConfig {
                 connect: connect_options(&settings)?,
                 max_connections: settings.postgres.max_connections,
                 min_connections: settings.postgres.min_connections,
                 acquire_timeout: Duration::from_millis(settings.postgres.acquire_timeout_ms),
-                statement_timeout: Duration::from_millis(settings.postgres.statement_timeout_ms),
+                statement_timeout,
+                application_name: application_name.clone(),
             },
             metrics.clone(),
         );
+        let co = &settings.coherence;
+        let bus_on = settings.redis.enabled && co.bus;
+        let coherence = Arc::new(Coherence::new(
+            co.listener,
+            bus_on,
+            Duration::from_secs(co.degraded_l1_ttl_secs),
+        ));
         let remote = if settings.redis.enabled {
             let cfg = RemoteConfig {
                 url: settings.redis.url.expose().to_owned(),
@@ -110,13 +122,64 @@ impl Application {
             None
         };
         let local = Local::new(settings.cache.l1_enabled, settings.cache.l1_max_bytes);
-        let cache = Arc::new(Tiered::new(
-            local,
-            remote,
-            settings.policies(),
+        let mut tiered = Tiered::new(local, remote.clone(), settings.policies(), metrics.clone())
+            .with_coherence(coherence.clone());
+        if let (Some(_), Some(lease)) = (&remote, settings.leases()) {
+            tiered = tiered.with_leases(&instance, lease);
+        }
+        let cache = Arc::new(tiered);
+        let bus = match (&remote, bus_on) {
+            (Some(remote), true) => {
+                let cfg = BusConfig {
+                    url: co.bus_url(&settings.redis).expose().to_owned(),
+                    channel: format!("{}bus", remote.prefix()),
+                    heartbeat: Duration::from_millis(co.heartbeat_ms),
+                    connect_timeout: Duration::from_millis(settings.redis.connect_timeout_ms),
+                };
+                let (bus, sender) = Bus::new(
+                    cfg,
+                    &instance,
+                    remote.clone(),
+                    coherence.clone(),
+                    metrics.clone(),
+                )
+                .map_err(|e| anyhow::anyhow!("coherence.bus_url: {e}"))?;
+                Some((bus, sender))
+            }
+            _ => None,
+        };
+        let invalidator = Invalidator::new(
+            cache.clone(),
             metrics.clone(),
-        ));
-        let invalidator = Invalidator::new(cache.clone(), metrics.clone());
+            bus.as_ref().map(|(_, s)| s.clone()),
+            &application_name,
+        );
+        let listener = if co.listener {
+            let url = co.listener_url(&settings.postgres);
+            let connect = url
+                .expose()
+                .parse::<PgConnectOptions>()
+                .map_err(|_| anyhow::anyhow!("coherence.listener_url {url} cannot be parsed"))?
+                .application_name(&format!("{application_name}/listener"));
+            Some(Listener::new(
+                ListenerConfig {
+                    connect,
+                    connect_timeout: Duration::from_millis(settings.redis.connect_timeout_ms)
+                        .max(Duration::from_secs(1)),
+                    read_timeout: statement_timeout.max(Duration::from_secs(2)) * 2,
+                    poll: Duration::from_millis(co.poll_interval_ms),
+                    retention: Duration::from_secs(co.outbox_retention_secs),
+                    prune_every: Duration::from_secs(co.outbox_prune_interval_secs),
+                    batch: 5000,
+                },
+                invalidator.clone(),
+                store.clone(),
+                coherence.clone(),
+                metrics.clone(),
+            ))
+        } else {
+            None
+        };
         let health = Arc::new(Health::default());
         let state = AppState(Arc::new(AppInner {
             cache,
@@ -126,6 +189,9 @@ impl Application {
             region: settings.region(),
             health,
             redis_enabled: settings.redis.enabled,
+            instance,
+            listener,
+            bus: bus.map(|(b, _)| b),
         }));
         let addr = settings.listen_addr();
         let listener = TcpListener::bind(addr)
@@ -171,6 +237,16 @@ impl Application {
         let tasks = spawn_background(&state, stop_rx.clone());
         // One probe before declaring readiness, so /readyz tells the truth from the first answer.
         probe_postgres(&state).await;
+        // Give the change listener a moment to take its place in the outbox: changes committed
+        // before it has are only covered by the short degraded L1 lifetime.
+        if state.cache.coherence().listener() == ChannelState::Down && state.health.postgres_up() {
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(3);
+            while state.cache.coherence().listener() == ChannelState::Down
+                && tokio::time::Instant::now() < deadline
+            {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
         state.health.set_phase(Phase::Ready);
         tracing::info!(
             port,
@@ -242,6 +318,15 @@ fn spawn_background(
             }
         }));
     }
+    if let Some(listener) = &state.listener {
+        let l = listener.clone();
+        tasks.push(tokio::spawn(l.run(stop.clone())));
+        let l = listener.clone();
+        tasks.push(tokio::spawn(l.housekeeping(stop.clone())));
+    }
+    if let Some(bus) = &state.bus {
+        tasks.extend(bus.spawn(state.invalidator.clone(), stop.clone()));
+    }
     if let Some(remote) = state.cache.remote().cloned() {
         let mut stop = stop.clone();
         tasks.push(tokio::spawn(async move {
@@ -262,7 +347,7 @@ fn spawn_background(
 }
 
 /// Completes once the stop flag is set (or its sender is gone).
-async fn stopped(stop: &mut watch::Receiver<bool>) {
+pub(crate) async fn stopped(stop: &mut watch::Receiver<bool>) {
     let _ = stop.wait_for(|s| *s).await;
 }
 

@@ -156,6 +156,17 @@ impl Tag {
         }
     }
 
+    /// Parses a name back into a tag (peer messages, admin input). `None` if it names none.
+    pub fn parse(name: &str) -> Option<Self> {
+        if let Some(id) = name.strip_prefix("org:") {
+            return id.parse().ok().map(Tag::Org);
+        }
+        if let Some(id) = name.strip_prefix("history:") {
+            return id.parse().ok().map(Tag::History);
+        }
+        None
+    }
+
     /// Hash of the name, distinct from any key's hash space by a prefix.
     pub fn hash64(&self) -> u64 {
         fnv1a(format!("tag:{}", self.name()).as_bytes())
@@ -251,6 +262,11 @@ mod tests {
             assert_eq!(back, key);
         }
         assert!(CacheKey::parse("nope:1").is_none());
+        for tag in [Tag::Org(OrgId::new_random()), Tag::History(lead())] {
+            assert_eq!(Tag::parse(&tag.name()), Some(tag));
+        }
+        assert!(Tag::parse("org:nope").is_none());
+        assert!(Tag::parse("lead:x").is_none());
         assert!(CacheKey::parse("lead:x").is_none());
     }
 

@@ -2,17 +2,19 @@
 //!
 //! One generic path serves every kind of lookup; kinds differ only in their [`Policy`].
 
+mod coherence;
 mod entry;
 mod keys;
 mod local;
 mod remote;
 mod tiered;
 
+pub use coherence::{ChannelState, Coherence};
 pub use entry::{now_ms, Entry, Loaded};
 pub use keys::{fnv1a, CacheKey, Kind, Policies, Policy, Tag};
 pub use local::{Fence, Local};
-pub use remote::{Deletion, L2Read, Remote, RemoteConfig};
-pub use tiered::{CacheStatus, FillHook, LoadFuture, Lookup, Mode, Tiered};
+pub use remote::{Deletion, Dropped, L2Read, Lease, Marker, Remote, RemoteConfig};
+pub use tiered::{CacheStatus, FillHook, LeaseConfig, LoadFuture, Lookup, Mode, Tiered};
 
 use crate::store::StoreError;
 

@@ -21,24 +21,48 @@ use redis::Script;
 
 use super::keys::{CacheKey, Tag};
 use super::CacheError;
+use crate::domain::TxId;
 use crate::metrics::Metrics;
 
 /// How long a fence counter outlives its last bump. It only has to outlast any load that could
-/// have read Postgres before the bump; loads are bounded by the statement timeout.
-const FENCE_TTL: Duration = Duration::from_secs(600);
+/// have read Postgres before the bump (a few statement timeouts); an expired fence can only make
+/// a fill that read a *newer* token fail, never let an old one through, unless a load outlives it.
+const FENCE_TTL: Duration = Duration::from_secs(120);
+
+/// How long the marker that says "this transaction's invalidation reached Redis" is kept: long
+/// enough for every instance's change listener to see the transaction.
+const MARKER_TTL: Duration = Duration::from_secs(600);
+
+/// Invalidations are sent in chunks of at most this many keys and tags, so one batch job that
+/// touched 100,000 rows does not become one Lua call that blocks Redis.
+const CHUNK: usize = 500;
+
+const READ_LUA: &str = r#"
+-- KEYS: value, lease, key fence, tag fences (n)
+-- ARGV: lease token, lease ttl ms (0 = take no lease)
+-- Returns: {value or false, lease (1 taken, 0 held by another, -1 not asked), fence tokens...}
+local v = redis.call('GET', KEYS[1])
+local out = {v, -1}
+for i = 3, #KEYS do out[#out + 1] = redis.call('GET', KEYS[i]) or '0' end
+if not v and tonumber(ARGV[2]) > 0 then
+  if redis.call('SET', KEYS[2], ARGV[1], 'NX', 'PX', ARGV[2]) then out[2] = 1 else out[2] = 0 end
+end
+return out
+"#;
 
 const FILL_LUA: &str = r#"
--- KEYS: value, key fence, tag fences (n), tag member sets (n)
--- ARGV: payload, ttl ms, key fence token, tag fence tokens (n)
-local n = (#KEYS - 2) / 2
+-- KEYS: value, lease, key fence, tag fences (n), tag member sets (n)
+-- ARGV: payload, ttl ms, lease token ('' = none), key fence token, tag fence tokens (n)
+local n = (#KEYS - 3) / 2
 local function cur(k) return tonumber(redis.call('GET', k) or '0') end
-if cur(KEYS[2]) ~= tonumber(ARGV[3]) then return 0 end
+if ARGV[3] ~= '' and redis.call('GET', KEYS[2]) == ARGV[3] then redis.call('DEL', KEYS[2]) end
+if cur(KEYS[3]) ~= tonumber(ARGV[4]) then return 0 end
 for i = 1, n do
-  if cur(KEYS[2 + i]) ~= tonumber(ARGV[3 + i]) then return 0 end
+  if cur(KEYS[3 + i]) ~= tonumber(ARGV[4 + i]) then return 0 end
 end
 redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
 for i = 1, n do
-  local m = KEYS[2 + n + i]
+  local m = KEYS[3 + n + i]
   redis.call('SADD', m, KEYS[1])
   if redis.call('PTTL', m) < tonumber(ARGV[2]) then redis.call('PEXPIRE', m, ARGV[2]) end
 end
@@ -46,10 +70,20 @@ return 1
 "#;
 
 const INVALIDATE_LUA: &str = r#"
--- KEYS: (value, fence) per key, then (tag fence, tag members) per tag
--- ARGV: number of keys, fence ttl ms
+-- KEYS: (value, fence) per key, then (tag fence, tag members) per tag, then the marker keys
+-- ARGV: number of keys, fence ttl ms, marker mode, marker ttl ms
+-- Marker modes: 0 none; 1 set KEYS[#KEYS]; 2 skip if any marker exists, else drop and set the
+-- last; 3 skip if any marker exists, else drop (a chunk before the last).
 local nk = tonumber(ARGV[1])
 local ttl = ARGV[2]
+local mode = tonumber(ARGV[3])
+local nm = 0
+if mode == 1 then nm = 1 elseif mode >= 2 then nm = 2 end
+if mode >= 2 then
+  for i = #KEYS - nm + 1, #KEYS do
+    if redis.call('EXISTS', KEYS[i]) == 1 then return -1 end
+  end
+end
 local dropped = 0
 for i = 0, nk - 1 do
   redis.call('INCR', KEYS[2 + 2 * i])
@@ -57,7 +91,7 @@ for i = 0, nk - 1 do
   dropped = dropped + redis.call('DEL', KEYS[1 + 2 * i])
 end
 local base = 2 * nk
-local nt = (#KEYS - base) / 2
+local nt = (#KEYS - nm - base) / 2
 for i = 0, nt - 1 do
   local tf, tm = KEYS[base + 1 + 2 * i], KEYS[base + 2 + 2 * i]
   redis.call('INCR', tf)
@@ -68,14 +102,49 @@ for i = 0, nt - 1 do
   end
   redis.call('DEL', tm)
 end
+if mode == 1 or mode == 2 then redis.call('SET', KEYS[#KEYS], '1', 'PX', ARGV[4]) end
 return dropped
 "#;
+
+/// Records in Redis which transactions' invalidations have landed, so that every instance's
+/// change listener does not repeat the work of the write route (or of another listener).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Marker {
+    /// No bookkeeping (admin invalidations, owed retries of unmarked deletions).
+    None,
+    /// A write route's own commit: always drop, then mark the transaction as handled.
+    Write(TxId),
+    /// Changes read from the outbox: skip if the write route or another listener already
+    /// dropped them, else drop and mark this group of rows (`group` names it, e.g. its id range).
+    Replay { txid: TxId, group: String },
+}
+
+/// What an invalidation did in Redis.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Dropped {
+    /// Entries dropped (values and tag members).
+    Entries(u64),
+    /// Someone had already applied it (the marker was there).
+    AlreadyApplied,
+}
 
 /// What an L2 read returned: the value, if any, and the fence tokens a later fill must match.
 #[derive(Debug, Clone)]
 pub struct L2Read {
     pub value: Option<Bytes>,
     pub tokens: Vec<i64>,
+    pub lease: Lease,
+}
+
+/// The fill lease of a missing key (fleet-wide single flight).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Lease {
+    /// Not asked for (the value was there, or leases are off).
+    NotAsked,
+    /// This load holds it, under this token; the fill releases it.
+    Held(String),
+    /// Another load (on this or another instance) holds it: wait for its fill.
+    Busy,
 }
 
 /// The keys and tags of one invalidation, as Redis will see them.
@@ -106,8 +175,10 @@ pub struct Remote {
     metrics: Arc<Metrics>,
     up: AtomicBool,
     /// Invalidations that could not reach Redis; until they land, L2 is bypassed entirely.
-    pending: Mutex<Vec<Deletion>>,
+    pending: Mutex<Vec<(Deletion, Marker)>>,
     has_pending: AtomicBool,
+    read_script: Script,
+    release_script: Script,
     fill_script: Script,
     invalidate_script: Script,
 }
@@ -141,6 +212,11 @@ impl Remote {
             up: AtomicBool::new(false),
             pending: Mutex::new(Vec::new()),
             has_pending: AtomicBool::new(false),
+            read_script: Script::new(READ_LUA),
+            // Only our own token is deleted: compare and delete in one step.
+            release_script: Script::new(
+                "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end return 0",
+            ),
             fill_script: Script::new(FILL_LUA),
             invalidate_script: Script::new(INVALIDATE_LUA),
         })
@@ -246,46 +322,101 @@ impl Remote {
         self.conn.get().cloned().ok_or(CacheError::Unavailable)
     }
 
-    /// Reads a value and the fence tokens for it and its tags, in one round trip.
-    pub async fn read(&self, key: &CacheKey, tags: &[Tag]) -> Result<L2Read, CacheError> {
+    fn lease_key(&self, key: &CacheKey) -> String {
+        format!("{}lease:{}", self.prefix, key.as_str())
+    }
+    fn marker_key(&self, txid: TxId) -> String {
+        format!("{}applied:{}", self.prefix, txid.0)
+    }
+
+    /// Reads a value and the fence tokens for it and its tags, in one round trip. On a miss, asks
+    /// for the key's fill lease when `lease` is given (token, lifetime).
+    pub async fn read(
+        &self,
+        key: &CacheKey,
+        tags: &[Tag],
+        lease: Option<(&str, Duration)>,
+    ) -> Result<L2Read, CacheError> {
+        let mut conn = self.conn()?;
+        let mut inv = self.read_script.prepare_invoke();
+        inv.key(self.value_key(key))
+            .key(self.lease_key(key))
+            .key(self.fence_key(key));
+        for t in tags {
+            inv.key(self.tag_fence_key(t));
+        }
+        let (token, ttl) = lease.unwrap_or(("", Duration::ZERO));
+        inv.arg(token).arg(ttl.as_millis() as u64);
+        let raw: Vec<redis::Value> = self.run("read", inv.invoke_async(&mut conn)).await?;
+        let mut it = raw.into_iter();
+        let value = match it.next() {
+            Some(redis::Value::BulkString(b)) => Some(Bytes::from(b)),
+            _ => None,
+        };
+        let lease = match it.next() {
+            Some(redis::Value::Int(1)) => Lease::Held(token.to_owned()),
+            Some(redis::Value::Int(0)) => Lease::Busy,
+            _ => Lease::NotAsked,
+        };
+        let tokens = it
+            .map(|v| match v {
+                redis::Value::BulkString(b) => std::str::from_utf8(&b)
+                    .ok()
+                    .and_then(|s| s.parse().ok())
+                    .unwrap_or(0),
+                redis::Value::Int(i) => i,
+                _ => 0,
+            })
+            .collect();
+        Ok(L2Read {
+            value,
+            tokens,
+            lease,
+        })
+    }
+
+    /// While another load holds the key's lease: the value, once it is there, and whether the
+    /// lease is still held. One round trip.
+    pub async fn peek(&self, key: &CacheKey) -> Result<(Option<Bytes>, bool), CacheError> {
         let mut conn = self.conn()?;
         let mut cmd = redis::cmd("MGET");
-        cmd.arg(self.value_key(key)).arg(self.fence_key(key));
-        for t in tags {
-            cmd.arg(self.tag_fence_key(t));
-        }
+        cmd.arg(self.value_key(key)).arg(self.lease_key(key));
         let raw: Vec<Option<Vec<u8>>> = self.run("mget", cmd.query_async(&mut conn)).await?;
         let mut it = raw.into_iter();
         let value = it.next().flatten().map(Bytes::from);
-        let tokens = it
-            .map(|v| {
-                v.and_then(|b| std::str::from_utf8(&b).ok().and_then(|s| s.parse().ok()))
-                    .unwrap_or(0)
-            })
-            .collect();
-        Ok(L2Read { value, tokens })
+        let leased = it.next().flatten().is_some();
+        Ok((value, leased))
     }
 
-    /// Stores `payload` if no invalidation moved the fences since `tokens` were read.
-    /// Returns false when the fill was refused.
+    /// Stores `payload` if no invalidation moved the fences since `tokens` were read, and
+    /// releases the lease if this load held it. Returns false when the fill was refused.
     pub async fn fill(
         &self,
         key: &CacheKey,
         tags: &[Tag],
         tokens: &[i64],
+        lease: &Lease,
         payload: &[u8],
         ttl: Duration,
     ) -> Result<bool, CacheError> {
         let mut conn = self.conn()?;
         let mut inv = self.fill_script.prepare_invoke();
-        inv.key(self.value_key(key)).key(self.fence_key(key));
+        inv.key(self.value_key(key))
+            .key(self.lease_key(key))
+            .key(self.fence_key(key));
         for t in tags {
             inv.key(self.tag_fence_key(t));
         }
         for t in tags {
             inv.key(self.tag_members_key(t));
         }
-        inv.arg(payload).arg(ttl.as_millis().max(1) as u64);
+        let token = match lease {
+            Lease::Held(t) => t.as_str(),
+            _ => "",
+        };
+        inv.arg(payload)
+            .arg(ttl.as_millis().max(1) as u64)
+            .arg(token);
         for tok in tokens {
             inv.arg(*tok);
         }
@@ -293,40 +424,90 @@ impl Remote {
         Ok(stored == 1)
     }
 
+    /// Gives a lease back without filling (the load failed), so waiters stop waiting.
+    pub async fn release(&self, key: &CacheKey, lease: &Lease) {
+        let Lease::Held(token) = lease else { return };
+        let Ok(mut conn) = self.conn() else { return };
+        let mut inv = self.release_script.prepare_invoke();
+        inv.key(self.lease_key(key)).arg(token.as_str());
+        let _: Result<i64, _> = self.run("release", inv.invoke_async(&mut conn)).await;
+    }
+
     /// Drops keys and tags (and moves their fences). On failure the deletion is queued, L2 is
     /// bypassed until it lands, and a background task keeps retrying it.
-    pub async fn invalidate(&self, deletion: Deletion) -> Result<u64, CacheError> {
-        match self.try_invalidate(&deletion).await {
+    pub async fn invalidate(
+        &self,
+        deletion: Deletion,
+        marker: Marker,
+    ) -> Result<Dropped, CacheError> {
+        match self.try_invalidate(&deletion, &marker).await {
             Ok(n) => Ok(n),
             Err(e) => {
-                self.owe(deletion);
+                self.owe(deletion, marker);
                 Err(e)
             }
         }
     }
 
-    fn owe(&self, deletion: Deletion) {
+    fn owe(&self, deletion: Deletion, marker: Marker) {
         // A std Mutex: nothing is awaited while it is held.
         let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
-        pending.push(deletion);
+        pending.push((deletion, marker));
         self.has_pending.store(true, Ordering::Release);
     }
 
-    async fn try_invalidate(&self, d: &Deletion) -> Result<u64, CacheError> {
+    async fn try_invalidate(&self, d: &Deletion, marker: &Marker) -> Result<Dropped, CacheError> {
         if d.keys.is_empty() && d.tags.is_empty() {
-            return Ok(0);
+            return Ok(Dropped::Entries(0));
         }
         let mut conn = self.conn()?;
-        let mut inv = self.invalidate_script.prepare_invoke();
-        for k in &d.keys {
-            inv.key(self.value_key(k)).key(self.fence_key(k));
+        // Chunks: keys first, then tags, at most CHUNK of them per call. Markers are checked in
+        // every chunk and set with the last, so an instance that stops half-way leaves the rest
+        // to the next one.
+        let key_chunks = d.keys.chunks(CHUNK).map(|c| (c, &[][..]));
+        let tag_chunks = d.tags.chunks(CHUNK).map(|c| (&[][..], c));
+        let chunks: Vec<(&[CacheKey], &[Tag])> = key_chunks.chain(tag_chunks).collect();
+        let last = chunks.len().saturating_sub(1);
+        let mut dropped = 0;
+        for (i, (keys, tags)) in chunks.into_iter().enumerate() {
+            let mut inv = self.invalidate_script.prepare_invoke();
+            for k in keys {
+                inv.key(self.value_key(k)).key(self.fence_key(k));
+            }
+            for t in tags {
+                inv.key(self.tag_fence_key(t)).key(self.tag_members_key(t));
+            }
+            let mode = match marker {
+                Marker::None => 0,
+                Marker::Write(txid) => {
+                    if i != last {
+                        0
+                    } else {
+                        inv.key(self.marker_key(*txid));
+                        1
+                    }
+                }
+                Marker::Replay { txid, group } => {
+                    inv.key(self.marker_key(*txid))
+                        .key(format!("{}:{group}", self.marker_key(*txid)));
+                    if i == last {
+                        2
+                    } else {
+                        3
+                    }
+                }
+            };
+            inv.arg(keys.len())
+                .arg(FENCE_TTL.as_millis() as u64)
+                .arg(mode)
+                .arg(MARKER_TTL.as_millis() as u64);
+            let n: i64 = self.run("invalidate", inv.invoke_async(&mut conn)).await?;
+            if n < 0 {
+                return Ok(Dropped::AlreadyApplied);
+            }
+            dropped += n as u64;
         }
-        for t in &d.tags {
-            inv.key(self.tag_fence_key(t)).key(self.tag_members_key(t));
-        }
-        inv.arg(d.keys.len()).arg(FENCE_TTL.as_millis() as u64);
-        let dropped: u64 = self.run("invalidate", inv.invoke_async(&mut conn)).await?;
-        Ok(dropped)
+        Ok(Dropped::Entries(dropped))
     }
 
     /// Retries owed invalidations; returns true when none is left.
@@ -339,9 +520,9 @@ impl Remote {
             std::mem::take(&mut *pending)
         };
         let mut failed = Vec::new();
-        for d in owed {
-            if self.try_invalidate(&d).await.is_err() {
-                failed.push(d);
+        for (d, m) in owed {
+            if self.try_invalidate(&d, &m).await.is_err() {
+                failed.push((d, m));
             }
         }
         let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
@@ -352,6 +533,46 @@ impl Remote {
             tracing::info!("owed redis invalidations delivered; L2 reads resume");
         }
         done
+    }
+
+    /// Publishes messages on a channel, in order, in one round trip.
+    pub async fn publish(&self, channel: &str, payloads: &[Vec<u8>]) -> Result<(), CacheError> {
+        let mut conn = self.conn()?;
+        let mut pipe = redis::pipe();
+        for p in payloads {
+            pipe.cmd("PUBLISH").arg(channel).arg(p.as_slice()).ignore();
+        }
+        self.run("publish", pipe.query_async::<()>(&mut conn)).await
+    }
+
+    /// Removes every key of this namespace (admin flush). SCANs only keys under the prefix.
+    pub async fn flush_namespace(&self) -> Result<u64, CacheError> {
+        let mut conn = self.conn()?;
+        let pattern = format!("{}*", self.prefix);
+        let mut cursor: u64 = 0;
+        let mut removed = 0u64;
+        loop {
+            let mut cmd = redis::cmd("SCAN");
+            cmd.arg(cursor)
+                .arg("MATCH")
+                .arg(&pattern)
+                .arg("COUNT")
+                .arg(1000);
+            let (next, keys): (u64, Vec<String>) =
+                self.run("scan", cmd.query_async(&mut conn)).await?;
+            if !keys.is_empty() {
+                let mut del = redis::cmd("UNLINK");
+                del.arg(&keys);
+                removed += self
+                    .run("unlink", del.query_async::<u64>(&mut conn))
+                    .await?;
+            }
+            if next == 0 {
+                break;
+            }
+            cursor = next;
+        }
+        Ok(removed)
     }
 
     /// One health probe over the control-plane pool; updates `is_up`.

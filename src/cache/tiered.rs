@@ -1,24 +1,28 @@
-//! Read-through across the tiers, with per-instance coalescing and fenced fills (DESIGN §1, §4).
+//! Read-through across the tiers, with coalescing and fenced fills (DESIGN §1, §4).
 //!
 //! A miss starts a *flight*: a spawned task that reads L2, else loads from Postgres, then fills
 //! L2 (compare-and-set against Redis fences) and L1 (against local generations). Concurrent
 //! misses for the key wait for that flight instead of loading again. A flight that started
 //! before an invalidation of its key is not joined by requests arriving after it, so a write's
 //! 2xx is never followed by a read of the value it replaced.
+//!
+//! Across instances, the L2 read of a missing key takes its *fill lease* (memcache leases): the
+//! holder loads, the others poll L2 briefly for its fill instead of all loading Postgres.
 
 use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
 
+use super::coherence::Coherence;
 use super::entry::{now_ms, Entry, Loaded};
 use super::keys::{CacheKey, Policies, Tag};
 use super::local::{Fence, Local};
-use super::remote::{Deletion, Remote};
+use super::remote::{Deletion, Dropped, L2Read, Lease, Marker, Remote};
 use super::CacheError;
 use crate::metrics::Metrics;
 use crate::store::StoreError;
@@ -71,6 +75,17 @@ pub type FillHook =
 
 type Outcome = Option<Result<Lookup, CacheError>>;
 
+/// Fleet-wide single flight: how long a lease lasts, and how long others wait for its fill.
+#[derive(Debug, Clone, Copy)]
+pub struct LeaseConfig {
+    /// Lifetime of a lease (bounds how long a crashed holder blocks others).
+    pub ttl: Duration,
+    /// How long a lookup waits for another instance's fill before loading itself.
+    pub wait: Duration,
+    /// How often a waiting lookup looks at L2.
+    pub poll: Duration,
+}
+
 struct Flight {
     id: u64,
     fence: Fence,
@@ -87,6 +102,10 @@ pub struct Tiered {
     flights: Mutex<HashMap<Box<str>, Flight>>,
     next_flight: AtomicU64,
     fill_hook: RwLock<Option<FillHook>>,
+    coherence: Arc<Coherence>,
+    lease: Option<LeaseConfig>,
+    /// This instance's id: the prefix of its lease tokens.
+    instance: String,
 }
 
 impl Tiered {
@@ -104,6 +123,35 @@ impl Tiered {
             flights: Mutex::new(HashMap::new()),
             next_flight: AtomicU64::new(1),
             fill_hook: RwLock::new(None),
+            coherence: Arc::new(Coherence::none()),
+            lease: None,
+            instance: String::new(),
+        }
+    }
+
+    /// Obeys `coherence` (short L1 lifetimes while a channel is down).
+    pub fn with_coherence(mut self, coherence: Arc<Coherence>) -> Self {
+        self.coherence = coherence;
+        self
+    }
+
+    /// Takes fill leases in Redis under `instance`'s name.
+    pub fn with_leases(mut self, instance: &str, lease: LeaseConfig) -> Self {
+        self.instance = instance.to_owned();
+        self.lease = Some(lease);
+        self
+    }
+
+    pub fn coherence(&self) -> &Arc<Coherence> {
+        &self.coherence
+    }
+
+    /// How long L1 may keep an entry with `remaining` time to live.
+    fn l1_ttl(&self, remaining: Duration, policy_cap: Duration) -> Duration {
+        let ttl = remaining.min(policy_cap);
+        match self.coherence.l1_ttl_cap() {
+            Some(cap) => ttl.min(cap),
+            None => ttl,
         }
     }
 
@@ -230,7 +278,7 @@ impl Tiered {
                 key: &key,
                 id,
             };
-            let result = this.fly(&key, &tags, fence, load).await;
+            let result = this.fly(&key, &tags, fence, id, load).await;
             let _ = tx.send(Some(result));
         });
         Ok(rx)
@@ -242,6 +290,7 @@ impl Tiered {
         key: &CacheKey,
         tags: &[Tag],
         fence: Fence,
+        flight: u64,
         load: F,
     ) -> Result<Lookup, CacheError>
     where
@@ -250,26 +299,21 @@ impl Tiered {
         let policy = *self.policies.get(key.kind());
         let kind = key.kind().as_str();
         let remote = self.remote.as_ref().filter(|r| r.usable());
-        let mut tokens = None;
+        let mut l2 = None;
         if let Some(remote) = remote {
-            match remote.read(key, tags).await {
+            let token = format!("{}:{flight}", self.instance);
+            let lease = self.lease.map(|l| (token.as_str(), l.ttl));
+            match remote.read(key, tags, lease).await {
                 Ok(read) => {
-                    let now = now_ms();
-                    if let Some(entry) = read
-                        .value
-                        .and_then(Entry::decode)
-                        .filter(|e| e.expires_at_ms > now)
-                    {
-                        let entry = Arc::new(entry);
-                        let ttl = entry.remaining(now).min(policy.l1_max_ttl);
-                        let stored = self.local.insert(key, entry.clone(), fence, ttl).await;
-                        self.count_fill(kind, "l1", stored);
-                        return Ok(Lookup {
-                            entry,
-                            status: CacheStatus::HitL2,
-                        });
+                    if let Some(entry) = read.value.clone().and_then(fresh) {
+                        return Ok(self.hit_l2(key, entry, fence, policy.l1_max_ttl).await);
                     }
-                    tokens = Some(read.tokens);
+                    if read.lease == Lease::Busy {
+                        if let Some(entry) = self.wait_for_fill(remote, key).await {
+                            return Ok(self.hit_l2(key, entry, fence, policy.l1_max_ttl).await);
+                        }
+                    }
+                    l2 = Some(read);
                 }
                 Err(e) => {
                     tracing::debug!(error = %e, key = %key, "redis read failed; loading from postgres");
@@ -279,7 +323,15 @@ impl Tiered {
         }
 
         let started = Instant::now();
-        let loaded = load().await?;
+        let loaded = match load().await {
+            Ok(v) => v,
+            Err(e) => {
+                if let (Some(remote), Some(read)) = (remote, &l2) {
+                    remote.release(key, &read.lease).await;
+                }
+                return Err(e.into());
+            }
+        };
         let negative = matches!(loaded, Loaded::NotFound);
         let ttl = policy.ttl_for(negative);
         let entry = Arc::new(Entry::from_loaded(loaded, ttl));
@@ -293,8 +345,11 @@ impl Tiered {
             hook(key).await;
         }
 
-        if let (Some(remote), Some(tokens)) = (remote, tokens) {
-            match remote.fill(key, tags, &tokens, &entry.encode(), ttl).await {
+        if let (Some(remote), Some(L2Read { tokens, lease, .. })) = (remote, l2) {
+            match remote
+                .fill(key, tags, &tokens, &lease, &entry.encode(), ttl)
+                .await
+            {
                 Ok(stored) => self.count_fill(kind, "l2", stored),
                 Err(e) => {
                     self.metrics
@@ -308,7 +363,12 @@ impl Tiered {
         }
         let stored = self
             .local
-            .insert(key, entry.clone(), fence, ttl.min(policy.l1_max_ttl))
+            .insert(
+                key,
+                entry.clone(),
+                fence,
+                self.l1_ttl(ttl, policy.l1_max_ttl),
+            )
             .await;
         self.count_fill(kind, "l1", stored);
         self.metrics
@@ -320,6 +380,58 @@ impl Tiered {
         })
     }
 
+    /// An L2 hit: keep it in L1 (fenced) and answer it.
+    async fn hit_l2(
+        &self,
+        key: &CacheKey,
+        entry: Entry,
+        fence: Fence,
+        l1_max_ttl: Duration,
+    ) -> Lookup {
+        let entry = Arc::new(entry);
+        let ttl = self.l1_ttl(entry.remaining(now_ms()), l1_max_ttl);
+        let stored = self.local.insert(key, entry.clone(), fence, ttl).await;
+        self.count_fill(key.kind().as_str(), "l1", stored);
+        Lookup {
+            entry,
+            status: CacheStatus::HitL2,
+        }
+    }
+
+    /// Another load holds the key's lease: poll L2 for its fill, up to the configured wait.
+    /// `None` means load it ourselves (the holder gave up, Redis failed, or we waited enough).
+    async fn wait_for_fill(&self, remote: &Remote, key: &CacheKey) -> Option<Entry> {
+        let lease = self.lease?;
+        let deadline = Instant::now() + lease.wait;
+        let outcome = loop {
+            if Instant::now() + lease.poll > deadline {
+                break "timeout";
+            }
+            tokio::time::sleep(lease.poll).await;
+            match remote.peek(key).await {
+                Ok((Some(raw), _)) => {
+                    if let Some(entry) = fresh(raw) {
+                        self.metrics
+                            .lease_waits
+                            .with_label_values(&["filled"])
+                            .inc();
+                        return Some(entry);
+                    }
+                }
+                Ok((None, true)) => {}
+                // The holder released its lease without a value (its load failed, or its fill
+                // was fenced by an invalidation): what it read is not for us.
+                Ok((None, false)) => break "released",
+                Err(_) => {
+                    remote.report_failure();
+                    break "released";
+                }
+            }
+        };
+        self.metrics.lease_waits.with_label_values(&[outcome]).inc();
+        None
+    }
+
     fn count_fill(&self, kind: &str, tier: &str, stored: bool) {
         let outcome = if stored { "stored" } else { "fenced" };
         self.metrics
@@ -328,38 +440,73 @@ impl Tiered {
             .inc();
     }
 
-    /// Drops keys and tags from both tiers. L1 first (its generations move at once), then Redis;
-    /// a Redis failure is owed and retried, and L2 is bypassed until it lands.
-    pub async fn invalidate(&self, deletion: Deletion) -> Result<u64, CacheError> {
+    /// Drops keys and tags from L1: their generations move at once, so no fill that began
+    /// earlier can store or serve what it read.
+    pub async fn invalidate_local(&self, deletion: &Deletion) {
         for k in &deletion.keys {
             self.local.invalidate_key(k).await;
         }
         for t in &deletion.tags {
             self.local.invalidate_tag(t);
         }
-        self.metrics
-            .invalidated_keys
-            .with_label_values(&["l1", "key"])
-            .inc_by(deletion.keys.len() as u64);
-        self.metrics
-            .invalidated_keys
-            .with_label_values(&["l1", "tag"])
-            .inc_by(deletion.tags.len() as u64);
+        self.count_invalidated("l1", deletion);
+    }
+
+    /// Drops keys and tags from Redis, with the given bookkeeping marker. A failure is owed and
+    /// retried, and L2 is bypassed until it lands. `Ok(None)` when Redis is off.
+    pub async fn invalidate_remote(
+        &self,
+        deletion: Deletion,
+        marker: Marker,
+    ) -> Result<Option<Dropped>, CacheError> {
         let Some(remote) = &self.remote else {
-            return Ok(0);
+            return Ok(None);
         };
         let (nk, nt) = (deletion.keys.len() as u64, deletion.tags.len() as u64);
-        let dropped = remote.invalidate(deletion).await?;
-        self.metrics
-            .invalidated_keys
-            .with_label_values(&["l2", "key"])
-            .inc_by(nk);
-        self.metrics
-            .invalidated_keys
-            .with_label_values(&["l2", "tag"])
-            .inc_by(nt);
-        Ok(dropped)
+        let dropped = remote.invalidate(deletion, marker).await?;
+        if dropped != Dropped::AlreadyApplied {
+            let m = &self.metrics.invalidated_keys;
+            m.with_label_values(&["l2", "key"]).inc_by(nk);
+            m.with_label_values(&["l2", "tag"]).inc_by(nt);
+        }
+        Ok(Some(dropped))
     }
+
+    /// Drops keys and tags from both tiers: Redis first, then L1.
+    ///
+    /// The order matters. A lookup takes its L1 fence *before* it reads Redis; were L1 dropped
+    /// first, a lookup starting between the two steps would hold a current fence and still read
+    /// the old value from Redis, and keep it in L1 after the write answered. Dropping L1 last
+    /// makes every lookup that could have read the old Redis value carry an outdated fence.
+    pub async fn invalidate(
+        &self,
+        deletion: Deletion,
+        marker: Marker,
+    ) -> Result<Option<Dropped>, CacheError> {
+        let local = deletion.clone();
+        let remote = self.invalidate_remote(deletion, marker).await;
+        self.invalidate_local(&local).await;
+        remote
+    }
+
+    /// Drops all of L1 (a message may have been lost), counting why.
+    pub fn flush_local(&self, reason: &'static str) {
+        self.local.flush();
+        self.metrics.l1_flushes.with_label_values(&[reason]).inc();
+    }
+
+    fn count_invalidated(&self, tier: &str, d: &Deletion) {
+        let m = &self.metrics.invalidated_keys;
+        m.with_label_values(&[tier, "key"])
+            .inc_by(d.keys.len() as u64);
+        m.with_label_values(&[tier, "tag"])
+            .inc_by(d.tags.len() as u64);
+    }
+}
+
+/// A decoded L2 value that has not expired.
+fn fresh(raw: bytes::Bytes) -> Option<Entry> {
+    Entry::decode(raw).filter(|e| e.expires_at_ms > now_ms())
 }
 
 /// Removes a finished (or panicked) flight from the map, unless a newer one replaced it.

@@ -43,3 +43,15 @@ pub enum Change {
         op: Op,
     },
 }
+
+/// A Postgres transaction id (`pg_current_xact_id()`, an xid8): the outbox records it with each
+/// change, and sidecache's own writes return it, so a change can be recognised as already handled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct TxId(pub u64);
+
+/// A committed write: what changed, and the transaction that committed it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Commit {
+    pub change: Change,
+    pub txid: TxId,
+}

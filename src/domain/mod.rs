@@ -8,7 +8,7 @@ mod ids;
 mod models;
 mod phone;
 
-pub use change::{Change, Op};
+pub use change::{Change, Commit, Op, TxId};
 pub use channel::{Channel, Direction, LeadStatus};
 pub use ids::{ConversationId, LeadId, OrgId};
 pub use models::{Conversation, Lead, Organization};

@@ -51,7 +51,7 @@ impl ApiError {
             "The primary database is unavailable and no cached answer could be served.",
         )
     }
-    fn internal() -> Self {
+    pub(crate) fn internal() -> Self {
         Self::new(
             StatusCode::INTERNAL_SERVER_ERROR,
             "internal_error",

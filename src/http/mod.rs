@@ -24,7 +24,7 @@ pub use error::ApiError;
 
 use crate::cache::Tiered;
 use crate::domain::Region;
-use crate::invalidation::Invalidator;
+use crate::invalidation::{Bus, Invalidator, Listener};
 use crate::metrics::Metrics;
 use crate::store::Store;
 
@@ -80,6 +80,10 @@ pub struct AppInner {
     pub region: Region,
     pub health: Arc<Health>,
     pub redis_enabled: bool,
+    /// This process's id (leases, bus messages, `application_name`).
+    pub instance: String,
+    pub listener: Option<Arc<Listener>>,
+    pub bus: Option<Arc<Bus>>,
 }
 
 /// Cheaply cloneable handle to the shared state.

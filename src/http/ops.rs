@@ -6,6 +6,7 @@ use axum::response::{IntoResponse, Response};
 use serde_json::json;
 
 use super::{AppState, Phase};
+use crate::cache::ChannelState;
 
 pub(super) async fn healthz() -> Response {
     json_response(StatusCode::OK, json!({"status": "ok"}))
@@ -24,7 +25,12 @@ pub(super) async fn readyz(State(state): State<AppState>) -> Response {
         Some(r) if r.usable() => "closed",
         Some(_) => "open",
     };
-    let degraded = !pg_up || (state.redis_enabled && !redis_connected);
+    let coherence = state.cache.coherence();
+    let (listener, bus) = (coherence.listener(), coherence.bus());
+    let degraded = !pg_up
+        || (state.redis_enabled && !redis_connected)
+        || listener == ChannelState::Down
+        || bus == ChannelState::Down;
     let phase = state.health.phase();
     let (code, status) = match phase {
         Phase::Starting => (StatusCode::SERVICE_UNAVAILABLE, "starting"),
@@ -47,7 +53,16 @@ pub(super) async fn readyz(State(state): State<AppState>) -> Response {
                 "breaker": breaker,
                 "owed_invalidations": owed,
             },
-            "l1": { "enabled": state.cache.local().enabled() },
+            "l1": {
+                "enabled": state.cache.local().enabled(),
+                "ttl_cap_secs": coherence.l1_ttl_cap().map(|d| d.as_secs()),
+            },
+            "listener": {
+                "state": listener.as_str(),
+                "applied_id": state.listener.as_ref().and_then(|l| l.applied_id()),
+            },
+            "bus": { "state": bus.as_str() },
+            "instance": state.instance,
         }),
     )
 }

@@ -2,6 +2,9 @@
 //! every affected cache entry, then answer. When a write answers 2xx, nothing it replaced can be
 //! read from this instance any more.
 
+use std::future::Future;
+use std::time::Instant;
+
 use axum::extract::State;
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -13,11 +16,11 @@ use super::error::ApiError;
 use super::extract::{if_match, ApiJson, PathId};
 use super::AppState;
 use crate::domain::{
-    Change, Channel, ConversationId, Direction, LeadId, LeadStatus, OrgId, ParseError, PhoneNumber,
+    Channel, Commit, ConversationId, Direction, LeadId, LeadStatus, OrgId, ParseError, PhoneNumber,
 };
-use crate::invalidation::Source;
 use crate::store::{
     ConversationPatch, LeadPatch, NewConversation, NewLead, NewOrganization, OrganizationPatch,
+    StoreError,
 };
 
 /// Distinguishes an absent field (`None`) from an explicit `null` (`Some(None)`).
@@ -123,11 +126,43 @@ fn resource<T: Serialize>(
     res
 }
 
-/// Drops what the change touched. L1 is always dropped; if Redis could not be reached the
-/// deletion is owed and retried, and L2 is bypassed until it lands, so the answer can go out.
-async fn invalidate(state: &AppState, change: &Change) {
-    if let Err(e) = state.invalidator.apply(change, Source::Write).await {
-        tracing::warn!(error = %e, ?change, "redis invalidation deferred; L2 bypassed until it lands");
+fn lead_missing() -> ApiError {
+    ApiError::not_found("lead_not_found", "No lead with that id.")
+}
+
+/// A store error, with "no such row" told in the route's own words.
+fn missing_or(e: StoreError, missing: impl FnOnce() -> ApiError) -> ApiError {
+    match e {
+        StoreError::NotFound => missing(),
+        e => e.into(),
+    }
+}
+
+/// Runs a write and then drops what it touched, here and (over the bus) on the peers, as one
+/// task: a client that hangs up mid-request drops its handler, and a write that committed must
+/// still be invalidated. L1 is always dropped; if Redis could not be reached the deletion is
+/// owed and retried, and L2 is bypassed until it lands, so the answer can go out.
+async fn committed<T, E, F>(state: &AppState, write: F) -> Result<T, ApiError>
+where
+    T: Send + 'static,
+    E: Into<ApiError> + Send + 'static,
+    F: Future<Output = Result<(T, Commit), E>> + Send + 'static,
+{
+    let state = state.clone();
+    let task = tokio::spawn(async move {
+        let (value, commit) = write.await?;
+        // Called as soon as the store returns: the commit happened just now.
+        if let Err(e) = state.invalidator.commit(&commit, Instant::now()).await {
+            tracing::warn!(error = %e, change = ?commit.change, "redis invalidation deferred; L2 bypassed until it lands");
+        }
+        Ok::<_, E>(value)
+    });
+    match task.await {
+        Ok(result) => result.map_err(Into::into),
+        Err(e) => {
+            tracing::error!(error = %e, "a write task failed");
+            Err(ApiError::internal())
+        }
     }
 }
 
@@ -160,8 +195,8 @@ pub(super) async fn create_org(
                 .unwrap_or_else(|| Value::Object(Default::default())),
         )?,
     };
-    let (org, change) = state.store.create_org(&new).await?;
-    invalidate(&state, &change).await;
+    let store = state.store.clone();
+    let org = committed(&state, async move { store.create_org(&new).await }).await?;
     let loc = format!("/v1/organizations/{}", org.id);
     Ok(resource(StatusCode::CREATED, &org, org.version, Some(loc)))
 }
@@ -205,8 +240,11 @@ pub(super) async fn update_org(
             .map(|v| object("settings", v))
             .transpose()?,
     };
-    let (org, change) = state.store.update_org(id, &patch, expected).await?;
-    invalidate(&state, &change).await;
+    let store = state.store.clone();
+    let org = committed(&state, async move {
+        store.update_org(id, &patch, expected).await
+    })
+    .await?;
     Ok(resource(StatusCode::OK, &org, org.version, None))
 }
 
@@ -244,8 +282,8 @@ pub(super) async fn create_lead(
                 .unwrap_or_else(|| Value::Object(Default::default())),
         )?,
     };
-    let (lead, change) = state.store.create_lead(&new).await?;
-    invalidate(&state, &change).await;
+    let store = state.store.clone();
+    let lead = committed(&state, async move { store.create_lead(&new).await }).await?;
     let loc = format!("/v1/leads/{}", lead.id);
     Ok(resource(
         StatusCode::CREATED,
@@ -310,8 +348,11 @@ pub(super) async fn update_lead(
             .map(|v| object("attributes", v))
             .transpose()?,
     };
-    let (lead, change) = state.store.update_lead(id, &patch, expected).await?;
-    invalidate(&state, &change).await;
+    let store = state.store.clone();
+    let lead = committed(&state, async move {
+        store.update_lead(id, &patch, expected).await
+    })
+    .await?;
     Ok(resource(StatusCode::OK, &lead, lead.version, None))
 }
 
@@ -319,13 +360,15 @@ pub(super) async fn delete_lead(
     State(state): State<AppState>,
     PathId(id): PathId<LeadId>,
 ) -> Result<Response, ApiError> {
-    let change = state.store.delete_lead(id).await.map_err(|e| match e {
-        crate::store::StoreError::NotFound => {
-            ApiError::not_found("lead_not_found", "No lead with that id.")
-        }
-        e => e.into(),
-    })?;
-    invalidate(&state, &change).await;
+    let store = state.store.clone();
+    committed(&state, async move {
+        store
+            .delete_lead(id)
+            .await
+            .map(|commit| ((), commit))
+            .map_err(|e| missing_or(e, lead_missing))
+    })
+    .await?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
@@ -364,18 +407,14 @@ pub(super) async fn create_conversation(
         started_at: b.started_at,
         ended_at: b.ended_at,
     };
-    let (conv, change) =
-        state
-            .store
+    let store = state.store.clone();
+    let conv = committed(&state, async move {
+        store
             .create_conversation(lead, &new)
             .await
-            .map_err(|e| match e {
-                crate::store::StoreError::NotFound => {
-                    ApiError::not_found("lead_not_found", "No lead with that id.")
-                }
-                e => e.into(),
-            })?;
-    invalidate(&state, &change).await;
+            .map_err(|e| missing_or(e, lead_missing))
+    })
+    .await?;
     let loc = format!("/v1/conversations/{}", conv.id);
     Ok(resource(
         StatusCode::CREATED,
@@ -405,16 +444,17 @@ pub(super) async fn update_conversation(
         summary: nullable_text("summary", b.summary, MAX_SUMMARY)?,
         ended_at: b.ended_at,
     };
-    let (conv, change) = state
-        .store
-        .update_conversation(id, &patch, expected)
-        .await
-        .map_err(|e| match e {
-            crate::store::StoreError::NotFound => {
-                ApiError::not_found("conversation_not_found", "No conversation with that id.")
-            }
-            e => e.into(),
-        })?;
-    invalidate(&state, &change).await;
+    let store = state.store.clone();
+    let conv = committed(&state, async move {
+        store
+            .update_conversation(id, &patch, expected)
+            .await
+            .map_err(|e| {
+                missing_or(e, || {
+                    ApiError::not_found("conversation_not_found", "No conversation with that id.")
+                })
+            })
+    })
+    .await?;
     Ok(resource(StatusCode::OK, &conv, conv.version, None))
 }

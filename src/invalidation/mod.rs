@@ -1,14 +1,53 @@
 //! What a change invalidates, and applying it.
 //!
-//! [`keys_for`] is the one rule (DESIGN §3), pure and table-tested. Write routes apply its
-//! result through the tiered cache before they answer; the database listener and the admin API
-//! will call the same function.
+//! [`keys_for`] is the one rule (DESIGN §3), pure and table-tested. Every source of changes
+//! applies its result through the [`Invalidator`]:
+//! - a write route, before it answers: Redis (marking the transaction as handled), then L1, then
+//!   the peers over the [`bus`];
+//! - the change [`listener`] (Postgres outbox): Redis unless someone already did, then L1;
+//! - a peer's bus message: L1 only (the origin dropped Redis);
+//! - the admin API: L1, Redis, peers.
 
-use std::sync::Arc;
+pub mod bus;
+pub mod listener;
 
-use crate::cache::{CacheError, CacheKey, Deletion, Tag, Tiered};
-use crate::domain::{Change, Channel, LeadId};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use crate::cache::{now_ms, CacheError, CacheKey, Deletion, Dropped, Marker, Tag, Tiered};
+use crate::domain::{Change, Channel, Commit, LeadId, TxId};
 use crate::metrics::Metrics;
+use crate::store::outbox::OutboxChange;
+
+pub use bus::{Bus, BusConfig, BusSender};
+pub use listener::{Listener, ListenerConfig};
+
+/// The delay between reconnect attempts of the listener and the bus: 100 ms, doubling to 2 s.
+struct Backoff(Duration);
+
+impl Backoff {
+    const FIRST: Duration = Duration::from_millis(100);
+    const MAX: Duration = Duration::from_secs(2);
+
+    fn new() -> Self {
+        Backoff(Self::FIRST)
+    }
+
+    fn reset(&mut self) {
+        self.0 = Self::FIRST;
+    }
+
+    /// Sleeps for the current delay and doubles it; false if `stop` was set meanwhile.
+    async fn wait(&mut self, stop: &mut tokio::sync::watch::Receiver<bool>) -> bool {
+        let delay = self.0;
+        self.0 = (self.0 * 2).min(Self::MAX);
+        tokio::select! {
+            _ = tokio::time::sleep(delay) => true,
+            _ = crate::startup::stopped(stop) => false,
+        }
+    }
+}
 
 /// What a change touches: exact keys, and tags naming families of keys.
 pub type Invalidation = Deletion;
@@ -18,6 +57,10 @@ pub type Invalidation = Deletion;
 pub enum Source {
     /// One of sidecache's own write routes.
     Write,
+    /// The Postgres change listener (outbox + NOTIFY).
+    Notify,
+    /// Another instance, over the bus.
+    Peer,
     /// The admin API.
     Admin,
 }
@@ -26,6 +69,8 @@ impl Source {
     pub fn as_str(self) -> &'static str {
         match self {
             Source::Write => "write",
+            Source::Notify => "notify",
+            Source::Peer => "peer",
             Source::Admin => "admin",
         }
     }
@@ -83,34 +128,174 @@ pub fn keys_for(change: &Change) -> Invalidation {
     Invalidation { keys, tags }
 }
 
-/// Applies invalidations to both tiers and counts them.
+/// Transactions whose keys a peer's bus message already dropped from this instance's L1, so the
+/// change listener does not drop them again when their outbox rows arrive. Entries are forgotten
+/// after [`RECENT_FOR`].
+#[derive(Debug, Default)]
+struct PeerHandled {
+    // A std Mutex: nothing is awaited while it is held.
+    map: Mutex<HashMap<TxId, Instant>>,
+}
+
+const RECENT_FOR: Duration = Duration::from_secs(300);
+
+impl PeerHandled {
+    fn note(&self, txid: TxId) {
+        let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
+        if map.len() >= 4096 {
+            map.retain(|_, at| at.elapsed() < RECENT_FOR);
+        }
+        map.insert(txid, Instant::now());
+    }
+
+    fn contains(&self, txid: TxId) -> bool {
+        let map = self.map.lock().unwrap_or_else(|p| p.into_inner());
+        map.get(&txid).is_some_and(|at| at.elapsed() < RECENT_FOR)
+    }
+}
+
+/// Applies invalidations from every source to the tiers and the peers, and counts them.
 #[derive(Clone)]
 pub struct Invalidator {
     cache: Arc<Tiered>,
     metrics: Arc<Metrics>,
+    bus: Option<BusSender>,
+    peer_handled: Arc<PeerHandled>,
+    /// The `application_name` of this instance's pool: outbox rows written under it come from
+    /// this instance's write routes, which invalidate before they answer.
+    origin: String,
 }
 
 impl Invalidator {
-    pub fn new(cache: Arc<Tiered>, metrics: Arc<Metrics>) -> Self {
-        Invalidator { cache, metrics }
+    pub fn new(
+        cache: Arc<Tiered>,
+        metrics: Arc<Metrics>,
+        bus: Option<BusSender>,
+        origin: &str,
+    ) -> Self {
+        Invalidator {
+            cache,
+            metrics,
+            bus,
+            peer_handled: Arc::new(PeerHandled::default()),
+            origin: origin.to_owned(),
+        }
     }
 
-    /// Drops what `change` touches. L1 is always dropped before this returns; a Redis failure is
-    /// queued for retry (L2 is bypassed meanwhile) and reported to the caller.
-    pub async fn apply(&self, change: &Change, source: Source) -> Result<(), CacheError> {
-        self.apply_invalidation(keys_for(change), source).await
+    pub fn cache(&self) -> &Arc<Tiered> {
+        &self.cache
     }
 
-    pub async fn apply_invalidation(
-        &self,
-        inv: Invalidation,
-        source: Source,
-    ) -> Result<(), CacheError> {
+    fn count(&self, source: Source) {
         self.metrics
             .invalidations
             .with_label_values(&[source.as_str()])
             .inc();
-        self.cache.invalidate(inv).await.map(|_| ())
+    }
+
+    fn lag(&self, source: Source, seconds: f64) {
+        self.metrics
+            .invalidation_lag
+            .with_label_values(&[source.as_str()])
+            .observe(seconds.max(0.0));
+    }
+
+    /// A write route's commit, before it answers: Redis (marking the transaction as handled
+    /// there), then L1, then the peers. L1 is always dropped before this returns; a Redis failure
+    /// is owed and retried (L2 is bypassed meanwhile) and reported to the caller.
+    pub async fn commit(&self, commit: &Commit, committed_at: Instant) -> Result<(), CacheError> {
+        self.count(Source::Write);
+        let inv = keys_for(&commit.change);
+        // Peers are told after Redis: told first, they could refill their L1 from the old L2.
+        let peers = self.bus.as_ref().map(|_| inv.clone());
+        let remote = self.cache.invalidate(inv, Marker::Write(commit.txid)).await;
+        if let (Some(bus), Some(inv)) = (&self.bus, peers) {
+            bus.send(Some(commit.txid), inv);
+        }
+        self.lag(Source::Write, committed_at.elapsed().as_secs_f64());
+        remote.map(|_| ())
+    }
+
+    /// The changes of one committed transaction, read from the outbox. Parts that this instance
+    /// (or, for Redis, anyone) already dropped are skipped: its own writes entirely (their write
+    /// route runs the invalidation to the end, even if the client hangs up), L1 when a peer's
+    /// message already dropped it, Redis when another instance's marker says it is done.
+    pub async fn replay(&self, txid: TxId, changes: &[OutboxChange]) -> Result<(), CacheError> {
+        let Some(first) = changes.first() else {
+            return Ok(());
+        };
+        let rows = changes.len() as u64;
+        if changes
+            .iter()
+            .all(|c| c.origin.as_deref() == Some(self.origin.as_str()))
+        {
+            self.metrics
+                .outbox_rows
+                .with_label_values(&["own_write"])
+                .inc_by(rows);
+            return Ok(());
+        }
+        self.count(Source::Notify);
+        let mut inv = Invalidation::default();
+        for c in changes {
+            let one = keys_for(&c.change);
+            for k in one.keys {
+                push_unique(&mut inv.keys, k);
+            }
+            for t in one.tags {
+                if !inv.tags.contains(&t) {
+                    inv.tags.push(t);
+                }
+            }
+        }
+        let last = changes.iter().map(|c| c.id).max().unwrap_or(first.id);
+        let marker = Marker::Replay {
+            txid,
+            group: format!("{}-{last}", first.id),
+        };
+        // Redis before L1, as in `Tiered::invalidate`.
+        let local = (!self.peer_handled.contains(txid)).then(|| inv.clone());
+        let remote = self.cache.invalidate_remote(inv, marker).await;
+        if let Some(inv) = local {
+            self.cache.invalidate_local(&inv).await;
+        }
+        let action = match remote {
+            Ok(Some(Dropped::AlreadyApplied)) => "already_applied",
+            _ => "applied",
+        };
+        self.metrics
+            .outbox_rows
+            .with_label_values(&[action])
+            .inc_by(rows);
+        self.lag(
+            Source::Notify,
+            (now_ms() as f64 - first.created_ms) / 1000.0,
+        );
+        remote.map(|_| ())
+    }
+
+    /// A peer's message: its keys leave L1 (the peer already dropped them from Redis).
+    pub async fn peer(&self, txid: Option<TxId>, inv: &Invalidation, sent_at_ms: u64) {
+        self.count(Source::Peer);
+        if let Some(txid) = txid {
+            self.peer_handled.note(txid);
+        }
+        self.cache.invalidate_local(inv).await;
+        self.lag(
+            Source::Peer,
+            now_ms().saturating_sub(sent_at_ms) as f64 / 1000.0,
+        );
+    }
+
+    /// An operator's invalidation: both tiers, then the peers.
+    pub async fn admin(&self, inv: Invalidation) -> Result<Option<Dropped>, CacheError> {
+        self.count(Source::Admin);
+        let peers = self.bus.as_ref().map(|_| inv.clone());
+        let dropped = self.cache.invalidate(inv, Marker::None).await;
+        if let (Some(bus), Some(inv)) = (&self.bus, peers) {
+            bus.send(None, inv);
+        }
+        dropped
     }
 }
 

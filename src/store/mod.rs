@@ -1,6 +1,7 @@
 //! Postgres: the queries behind every lookup and the writes, each of which returns the
 //! [`Change`](crate::domain::Change) it committed. Every statement is timed and counted by name.
 
+pub mod outbox;
 mod reads;
 mod writes;
 
@@ -83,6 +84,8 @@ pub struct StoreConfig {
     pub min_connections: u32,
     pub acquire_timeout: Duration,
     pub statement_timeout: Duration,
+    /// `application_name` of the pool's sessions; the outbox records it as a change's origin.
+    pub application_name: String,
 }
 
 /// Access to Postgres.
@@ -100,7 +103,7 @@ impl Store {
             .connect
             .clone()
             .options([("statement_timeout", statement_timeout.as_str())])
-            .application_name("sidecache");
+            .application_name(&cfg.application_name);
         let pool = PgPoolOptions::new()
             .max_connections(cfg.max_connections.max(1))
             .min_connections(cfg.min_connections)

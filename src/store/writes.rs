@@ -5,13 +5,35 @@ use std::sync::LazyLock;
 
 use chrono::{DateTime, Utc};
 use serde_json::Value;
+use sqlx::postgres::PgRow;
+use sqlx::{FromRow, Row};
 
 use super::reads::{CONVERSATION_COLUMNS, LEAD_COLUMNS, ORG_COLUMNS};
 use super::{Store, StoreError};
 use crate::domain::{
-    Change, Channel, Conversation, ConversationId, Direction, Lead, LeadId, LeadStatus, Op, OrgId,
-    Organization, PhoneNumber,
+    Change, Channel, Commit, Conversation, ConversationId, Direction, Lead, LeadId, LeadStatus, Op,
+    OrgId, Organization, PhoneNumber, TxId,
 };
+
+/// Appended to every write's RETURNING: the writing transaction's id, which the outbox records
+/// too, so the change stream can recognise writes this instance has already invalidated.
+const TXID: &str = "pg_current_xact_id()::text::bigint AS txid";
+
+/// The row a write returned, decoded, and its transaction id.
+fn decode<T: for<'r> FromRow<'r, PgRow>>(row: &PgRow) -> Result<(T, TxId), StoreError> {
+    let value = T::from_row(row).map_err(|e| StoreError::Other(e.into()))?;
+    let txid: i64 = row
+        .try_get("txid")
+        .map_err(|e| StoreError::Other(e.into()))?;
+    Ok((value, TxId(txid as u64)))
+}
+
+fn old_phone(row: &PgRow) -> Result<Option<PhoneNumber>, StoreError> {
+    let old: String = row
+        .try_get("old_phone_number")
+        .map_err(|e| StoreError::Other(e.into()))?;
+    Ok(phone(&old))
+}
 
 /// A validated organization to create.
 #[derive(Debug, Clone)]
@@ -91,7 +113,7 @@ static UPDATE_ORG: LazyLock<String> = LazyLock::new(|| {
             greeting_template = COALESCE($5, o.greeting_template), \
             settings = COALESCE($6, o.settings) \
          FROM old WHERE o.id = old.id AND ($7::bigint IS NULL OR o.version = $7) \
-         RETURNING {}, old.phone_number AS old_phone_number",
+         RETURNING {}, old.phone_number AS old_phone_number, {TXID}",
         prefixed("o", ORG_COLUMNS)
     )
 });
@@ -107,7 +129,7 @@ static UPDATE_LEAD: LazyLock<String> = LazyLock::new(|| {
             status = COALESCE($9, l.status), \
             attributes = COALESCE($10, l.attributes) \
          FROM old WHERE l.id = old.id AND ($11::bigint IS NULL OR l.version = $11) \
-         RETURNING {}, old.phone_number AS old_phone_number",
+         RETURNING {}, old.phone_number AS old_phone_number, {TXID}",
         prefixed("l", LEAD_COLUMNS)
     )
 });
@@ -142,16 +164,16 @@ impl Store {
     pub async fn create_org(
         &self,
         new: &NewOrganization,
-    ) -> Result<(Organization, Change), StoreError> {
+    ) -> Result<(Organization, Commit), StoreError> {
         let sql = format!(
             "INSERT INTO organizations (name, phone_number, timezone, greeting_template, settings) \
              VALUES ($1, $2, $3, COALESCE($4, 'Good {{time_of_day}}, {{first_name}}! Thanks for calling {{org_name}}.'), $5) \
-             RETURNING {ORG_COLUMNS}"
+             RETURNING {ORG_COLUMNS}, {TXID}"
         );
-        let org: Organization = self
+        let row = self
             .timed(
                 "create_org",
-                sqlx::query_as(&sql)
+                sqlx::query(&sql)
                     .bind(&new.name)
                     .bind(new.phone.as_str())
                     .bind(&new.timezone)
@@ -166,13 +188,14 @@ impl Store {
                 }
                 e => e,
             })?;
+        let (org, txid): (Organization, _) = decode(&row)?;
         let change = Change::Organization {
             id: org.id,
             op: Op::Insert,
             old_phone: None,
             new_phone: phone(&org.phone_number),
         };
-        Ok((org, change))
+        Ok((org, Commit { change, txid }))
     }
 
     pub async fn update_org(
@@ -180,7 +203,7 @@ impl Store {
         id: OrgId,
         p: &OrganizationPatch,
         if_match: Option<i64>,
-    ) -> Result<(Organization, Change), StoreError> {
+    ) -> Result<(Organization, Commit), StoreError> {
         let row = self
             .timed(
                 "update_org",
@@ -204,28 +227,25 @@ impl Store {
         let Some(row) = row else {
             return Err(self.miss_reason("organizations", id.0).await);
         };
-        let org = <Organization as sqlx::FromRow<_>>::from_row(&row)
-            .map_err(|e| StoreError::Other(e.into()))?;
-        let old: String = sqlx::Row::try_get(&row, "old_phone_number")
-            .map_err(|e| StoreError::Other(e.into()))?;
+        let (org, txid): (Organization, _) = decode(&row)?;
         let change = Change::Organization {
             id,
             op: Op::Update,
-            old_phone: phone(&old),
+            old_phone: old_phone(&row)?,
             new_phone: phone(&org.phone_number),
         };
-        Ok((org, change))
+        Ok((org, Commit { change, txid }))
     }
 
-    pub async fn create_lead(&self, new: &NewLead) -> Result<(Lead, Change), StoreError> {
+    pub async fn create_lead(&self, new: &NewLead) -> Result<(Lead, Commit), StoreError> {
         let sql = format!(
             "INSERT INTO leads (organization_id, phone_number, first_name, last_name, email, status, attributes) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING {LEAD_COLUMNS}"
+             VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING {LEAD_COLUMNS}, {TXID}"
         );
-        let lead: Lead = self
+        let row = self
             .timed(
                 "create_lead",
-                sqlx::query_as(&sql)
+                sqlx::query(&sql)
                     .bind(new.org)
                     .bind(new.phone.as_str())
                     .bind(&new.first_name)
@@ -245,6 +265,7 @@ impl Store {
                 }
                 e => e,
             })?;
+        let (lead, txid): (Lead, _) = decode(&row)?;
         let change = Change::Lead {
             id: lead.id,
             org: lead.organization_id,
@@ -252,7 +273,7 @@ impl Store {
             old_phone: None,
             new_phone: phone(&lead.phone_number),
         };
-        Ok((lead, change))
+        Ok((lead, Commit { change, txid }))
     }
 
     pub async fn update_lead(
@@ -260,7 +281,7 @@ impl Store {
         id: LeadId,
         p: &LeadPatch,
         if_match: Option<i64>,
-    ) -> Result<(Lead, Change), StoreError> {
+    ) -> Result<(Lead, Commit), StoreError> {
         let row = self
             .timed(
                 "update_lead",
@@ -288,38 +309,39 @@ impl Store {
         let Some(row) = row else {
             return Err(self.miss_reason("leads", id.0).await);
         };
-        let lead =
-            <Lead as sqlx::FromRow<_>>::from_row(&row).map_err(|e| StoreError::Other(e.into()))?;
-        let old: String = sqlx::Row::try_get(&row, "old_phone_number")
-            .map_err(|e| StoreError::Other(e.into()))?;
+        let (lead, txid): (Lead, _) = decode(&row)?;
         let change = Change::Lead {
             id,
             org: lead.organization_id,
             op: Op::Update,
-            old_phone: phone(&old),
+            old_phone: old_phone(&row)?,
             new_phone: phone(&lead.phone_number),
         };
-        Ok((lead, change))
+        Ok((lead, Commit { change, txid }))
     }
 
-    pub async fn delete_lead(&self, id: LeadId) -> Result<Change, StoreError> {
-        let row: Option<(OrgId, String)> = self
+    pub async fn delete_lead(&self, id: LeadId) -> Result<Commit, StoreError> {
+        let row: Option<(OrgId, String, i64)> = self
             .timed(
                 "delete_lead",
-                sqlx::query_as(
-                    "DELETE FROM leads WHERE id = $1 RETURNING organization_id, phone_number",
-                )
+                sqlx::query_as(&format!(
+                    "DELETE FROM leads WHERE id = $1 RETURNING organization_id, phone_number, {TXID}"
+                ))
                 .bind(id)
                 .fetch_optional(&self.pool),
             )
             .await?;
-        let (org, old) = row.ok_or(StoreError::NotFound)?;
-        Ok(Change::Lead {
+        let (org, old, txid) = row.ok_or(StoreError::NotFound)?;
+        let change = Change::Lead {
             id,
             org,
             op: Op::Delete,
             old_phone: phone(&old),
             new_phone: None,
+        };
+        Ok(Commit {
+            change,
+            txid: TxId(txid as u64),
         })
     }
 
@@ -327,16 +349,16 @@ impl Store {
         &self,
         lead: LeadId,
         new: &NewConversation,
-    ) -> Result<(Conversation, Change), StoreError> {
+    ) -> Result<(Conversation, Commit), StoreError> {
         let sql = format!(
             "INSERT INTO conversations (lead_id, organization_id, channel, direction, summary, started_at, ended_at) \
              SELECT id, organization_id, $2, $3, $4, COALESCE($5, now()), $6 FROM leads WHERE id = $1 \
-             RETURNING {CONVERSATION_COLUMNS}"
+             RETURNING {CONVERSATION_COLUMNS}, {TXID}"
         );
-        let conv: Option<Conversation> = self
+        let row = self
             .timed(
                 "create_conversation",
-                sqlx::query_as(&sql)
+                sqlx::query(&sql)
                     .bind(lead)
                     .bind(new.channel.as_str())
                     .bind(new.direction.as_str())
@@ -346,14 +368,15 @@ impl Store {
                     .fetch_optional(&self.pool),
             )
             .await?;
-        let conv = conv.ok_or(StoreError::NotFound)?;
+        let row = row.ok_or(StoreError::NotFound)?;
+        let (conv, txid): (Conversation, _) = decode(&row)?;
         let change = Change::Conversation {
             id: conv.id,
             lead: conv.lead_id,
             org: conv.organization_id,
             op: Op::Insert,
         };
-        Ok((conv, change))
+        Ok((conv, Commit { change, txid }))
     }
 
     pub async fn update_conversation(
@@ -361,17 +384,18 @@ impl Store {
         id: ConversationId,
         p: &ConversationPatch,
         if_match: Option<i64>,
-    ) -> Result<(Conversation, Change), StoreError> {
+    ) -> Result<(Conversation, Commit), StoreError> {
         let sql = format!(
             "UPDATE conversations SET \
                 summary = CASE WHEN $2 THEN $3 ELSE summary END, \
                 ended_at = CASE WHEN $4 THEN $5 ELSE ended_at END \
-             WHERE id = $1 AND ($6::bigint IS NULL OR version = $6) RETURNING {CONVERSATION_COLUMNS}"
+             WHERE id = $1 AND ($6::bigint IS NULL OR version = $6) \
+             RETURNING {CONVERSATION_COLUMNS}, {TXID}"
         );
-        let conv: Option<Conversation> = self
+        let row = self
             .timed(
                 "update_conversation",
-                sqlx::query_as(&sql)
+                sqlx::query(&sql)
                     .bind(id)
                     .bind(p.summary.is_some())
                     .bind(p.summary.clone().flatten())
@@ -381,15 +405,16 @@ impl Store {
                     .fetch_optional(&self.pool),
             )
             .await?;
-        let Some(conv) = conv else {
+        let Some(row) = row else {
             return Err(self.miss_reason("conversations", id.0).await);
         };
+        let (conv, txid): (Conversation, _) = decode(&row)?;
         let change = Change::Conversation {
             id,
             lead: conv.lead_id,
             org: conv.organization_id,
             op: Op::Update,
         };
-        Ok((conv, change))
+        Ok((conv, Commit { change, txid }))
     }
 }

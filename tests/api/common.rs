@@ -52,6 +52,23 @@ pub fn redis_addr() -> SocketAddr {
         .expect("an address")
 }
 
+/// Where the test Postgres listens (for relays).
+pub fn postgres_addr() -> SocketAddr {
+    let base = database_base_url();
+    let host = base.split("://").nth(1).unwrap_or("127.0.0.1:5432");
+    let host = host.rsplit('@').next().unwrap_or(host);
+    let host = if host.contains(':') {
+        host.to_owned()
+    } else {
+        format!("{host}:5432")
+    };
+    use std::net::ToSocketAddrs;
+    host.to_socket_addrs()
+        .expect("postgres address resolves")
+        .next()
+        .expect("an address")
+}
+
 /// Settings for a test app: port 0, a fresh database name, a unique namespace, fast probes.
 pub fn test_settings() -> Settings {
     let mut s = Settings::default();
@@ -83,6 +100,9 @@ pub struct TestApp {
     pub settings: Settings,
     pub state: AppState,
     pub redis: redis::aio::MultiplexedConnection,
+    /// False for a second instance sharing another's database and namespace: the first one
+    /// removes them.
+    owns_resources: bool,
     stop: Option<oneshot::Sender<()>>,
     server: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
 }
@@ -133,6 +153,7 @@ pub async fn spawn_with_settings(settings: Settings) -> TestApp {
         settings,
         state,
         redis,
+        owns_resources: true,
         stop: Some(stop_tx),
         server: Some(server),
     };
@@ -326,6 +347,44 @@ impl TestApp {
         sum_metric(&text, name, labels)
     }
 
+    /// A second instance on the same database and Redis namespace (a peer in the same fleet),
+    /// with `tweak` applied to a copy of this one's settings.
+    pub async fn spawn_peer(&self, tweak: impl FnOnce(&mut Settings)) -> TestApp {
+        let mut settings = self.settings.clone();
+        settings.server.listen = "127.0.0.1:0".into();
+        tweak(&mut settings);
+        let mut peer = spawn_with_settings(settings).await;
+        peer.owns_resources = false;
+        peer
+    }
+
+    /// The name of this app's database.
+    pub fn database_name(&self) -> String {
+        self.db_url
+            .rsplit('/')
+            .next()
+            .unwrap_or_default()
+            .to_owned()
+    }
+
+    /// GETs `path` until `pred` holds for the answer or `timeout` passes; returns the last answer
+    /// and how long it took.
+    pub async fn get_until(
+        &self,
+        path: &str,
+        timeout: Duration,
+        pred: impl Fn(&Answer) -> bool,
+    ) -> (Answer, Duration) {
+        let started = std::time::Instant::now();
+        loop {
+            let a = self.get(path).await;
+            if pred(&a) || started.elapsed() > timeout {
+                return (a, started.elapsed());
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
     /// Drops this instance's L1 (so the next read shows what L2 holds).
     pub fn flush_l1(&self) {
         self.state.cache.local().flush();
@@ -366,6 +425,9 @@ impl Drop for TestApp {
     fn drop(&mut self) {
         if let Some(tx) = self.stop.take() {
             let _ = tx.send(());
+        }
+        if !self.owns_resources {
+            return;
         }
         let db_url = self.db_url.clone();
         let ns = self.namespace.clone();
@@ -487,6 +549,18 @@ impl Relay {
 
     pub fn redis_url(&self) -> String {
         format!("redis://{}", self.addr)
+    }
+
+    /// A Postgres URL for `database` through this relay.
+    pub fn postgres_url(&self, database: &str) -> String {
+        let base = database_base_url();
+        let user = base
+            .split("://")
+            .nth(1)
+            .and_then(|rest| rest.split_once('@'))
+            .map(|(user, _)| format!("{user}@"))
+            .unwrap_or_default();
+        format!("postgres://{user}{}/{database}", self.addr)
     }
 }
 

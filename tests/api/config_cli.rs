@@ -28,6 +28,7 @@ fn temp_config(body: &str) -> std::path::PathBuf {
 fn listen_of(out: &[u8]) -> String {
     let text = String::from_utf8_lossy(out);
     text.lines()
+        .skip_while(|l| *l != "[server]")
         .find_map(|l| l.strip_prefix("listen = "))
         .unwrap_or_default()
         .trim_matches('"')

@@ -3,8 +3,10 @@
 #![allow(unreachable_pub)] // test modules share helpers with `pub`; nothing here is a public API
 
 mod bad_input;
+mod coherence;
 mod common;
 mod config_cli;
+mod consistency;
 mod fencing;
 mod lookups;
 mod metrics;

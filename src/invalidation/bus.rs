@@ -1,0 +1,363 @@
+//! The invalidation bus between instances: Redis pub/sub on `{namespace}:v1:bus`.
+//!
+//! Every message carries its origin (a random id per process) and a per-origin sequence number.
+//! A publisher task sends messages in sequence order (pipelined), plus a heartbeat every
+//! `heartbeat`; a subscriber task applies peers' messages to L1. The subscriber flushes L1 when
+//! it sees a gap in a peer's sequence (a message was lost) and when it subscribes again after
+//! losing its subscription (anything may have been missed meanwhile). It knows its subscription
+//! is alive because it hears its own heartbeats; one it published but did not hear within two
+//! heartbeats means the subscription is dead, even if the TCP connection looks fine.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures_util::StreamExt;
+use serde::{Deserialize, Serialize};
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
+
+use super::{Invalidation, Invalidator};
+use crate::cache::{now_ms, CacheKey, Coherence, Remote, Tag};
+use crate::domain::TxId;
+use crate::metrics::Metrics;
+
+/// Bus settings.
+#[derive(Debug, Clone)]
+pub struct BusConfig {
+    /// Where to subscribe (often the same Redis as the cache).
+    pub url: String,
+    /// `{namespace}:v1:bus`.
+    pub channel: String,
+    pub heartbeat: Duration,
+    pub connect_timeout: Duration,
+}
+
+/// On the wire: short field names, JSON.
+#[derive(Debug, Serialize, Deserialize)]
+struct Wire {
+    /// Origin instance.
+    o: String,
+    /// Sequence number, per origin, from 1.
+    s: u64,
+    /// When the origin sent it (Unix ms): the lag metric's start.
+    t: u64,
+    /// The transaction it invalidates, when it comes from a write.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    x: Option<u64>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    k: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    g: Vec<String>,
+}
+
+struct Outgoing {
+    txid: Option<TxId>,
+    inv: Invalidation,
+    at_ms: u64,
+}
+
+/// The sending end, held by the [`Invalidator`]. Sending never waits.
+#[derive(Clone)]
+pub struct BusSender(mpsc::UnboundedSender<Outgoing>);
+
+impl BusSender {
+    /// Queues an invalidation for the peers.
+    pub fn send(&self, txid: Option<TxId>, inv: Invalidation) {
+        let _ = self.0.send(Outgoing {
+            txid,
+            inv,
+            at_ms: now_ms(),
+        });
+    }
+}
+
+/// The bus of one instance.
+pub struct Bus {
+    cfg: BusConfig,
+    origin: String,
+    client: redis::Client,
+    remote: Arc<Remote>,
+    coherence: Arc<Coherence>,
+    metrics: Arc<Metrics>,
+    /// Heartbeats published successfully and not heard back yet: (sequence, when). A std Mutex:
+    /// nothing is awaited while it is held.
+    unheard: std::sync::Mutex<VecDeque<(u64, Instant)>>,
+    /// Highest own sequence heard back.
+    heard: AtomicU64,
+    rx: std::sync::Mutex<Option<mpsc::UnboundedReceiver<Outgoing>>>,
+}
+
+impl Bus {
+    /// A bus for instance `origin`, publishing through `remote`'s connection. Returns the bus (to
+    /// [`Bus::spawn`]) and the sender for the invalidator.
+    pub fn new(
+        cfg: BusConfig,
+        origin: &str,
+        remote: Arc<Remote>,
+        coherence: Arc<Coherence>,
+        metrics: Arc<Metrics>,
+    ) -> Result<(Arc<Self>, BusSender), redis::RedisError> {
+        let client = redis::Client::open(cfg.url.as_str())?;
+        let (tx, rx) = mpsc::unbounded_channel();
+        let bus = Bus {
+            cfg,
+            origin: origin.to_owned(),
+            client,
+            remote,
+            coherence,
+            metrics,
+            unheard: std::sync::Mutex::new(VecDeque::new()),
+            heard: AtomicU64::new(0),
+            rx: std::sync::Mutex::new(Some(rx)),
+        };
+        Ok((Arc::new(bus), BusSender(tx)))
+    }
+
+    /// Starts the publisher and the subscriber; both end when `stop` is set.
+    pub fn spawn(
+        self: &Arc<Self>,
+        invalidator: Invalidator,
+        stop: watch::Receiver<bool>,
+    ) -> Vec<JoinHandle<()>> {
+        let rx = self.rx.lock().unwrap_or_else(|p| p.into_inner()).take();
+        let mut tasks = Vec::new();
+        if let Some(rx) = rx {
+            let this = Arc::clone(self);
+            let stop = stop.clone();
+            tasks.push(tokio::spawn(
+                async move { this.publish_loop(rx, stop).await },
+            ));
+        }
+        let this = Arc::clone(self);
+        tasks.push(tokio::spawn(async move {
+            this.subscribe_loop(invalidator, stop).await
+        }));
+        tasks
+    }
+
+    /// True when a heartbeat published more than two heartbeats ago has not been heard back.
+    fn heartbeat_overdue(&self) -> bool {
+        let heard = self.heard.load(Ordering::Relaxed);
+        let mut unheard = self.unheard.lock().unwrap_or_else(|p| p.into_inner());
+        while unheard.front().is_some_and(|(seq, _)| *seq <= heard) {
+            unheard.pop_front();
+        }
+        unheard
+            .front()
+            .is_some_and(|(_, at)| at.elapsed() > 2 * self.cfg.heartbeat)
+    }
+
+    async fn publish_loop(
+        &self,
+        mut rx: mpsc::UnboundedReceiver<Outgoing>,
+        mut stop: watch::Receiver<bool>,
+    ) {
+        let mut seq = 0u64;
+        let mut tick = tokio::time::interval(self.cfg.heartbeat);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            let mut batch = Vec::new();
+            let heartbeat = tokio::select! {
+                msg = rx.recv() => match msg {
+                    Some(m) => {
+                        batch.push(m);
+                        // Whatever else is already queued goes in the same round trip.
+                        while batch.len() < 256 {
+                            match rx.try_recv() {
+                                Ok(m) => batch.push(m),
+                                Err(_) => break,
+                            }
+                        }
+                        false
+                    }
+                    None => break,
+                },
+                _ = tick.tick() => true,
+                _ = crate::startup::stopped(&mut stop) => break,
+            };
+            let mut payloads = Vec::with_capacity(batch.len() + 1);
+            for m in &batch {
+                seq += 1;
+                payloads.push(self.encode(seq, m.at_ms, m.txid, &m.inv));
+            }
+            if heartbeat {
+                seq += 1;
+                payloads.push(self.encode(seq, now_ms(), None, &Invalidation::default()));
+            }
+            let sent = self
+                .remote
+                .publish(&self.cfg.channel, &payloads)
+                .await
+                .is_ok();
+            if sent {
+                let m = &self.metrics.bus_messages;
+                m.with_label_values(&["sent", "invalidation"])
+                    .inc_by(batch.len() as u64);
+                if heartbeat {
+                    m.with_label_values(&["sent", "heartbeat"]).inc();
+                    let mut unheard = self.unheard.lock().unwrap_or_else(|p| p.into_inner());
+                    unheard.push_back((seq, Instant::now()));
+                    // Bounded: while nobody listens, only the oldest matters.
+                    if unheard.len() > 64 {
+                        unheard.truncate(1);
+                    }
+                }
+            } else if !batch.is_empty() {
+                // The sequence numbers are spent: peers see the gap and flush their L1.
+                tracing::debug!(
+                    messages = batch.len(),
+                    "could not publish invalidations to peers"
+                );
+            }
+        }
+    }
+
+    fn encode(&self, seq: u64, at_ms: u64, txid: Option<TxId>, inv: &Invalidation) -> Vec<u8> {
+        let wire = Wire {
+            o: self.origin.clone(),
+            s: seq,
+            t: at_ms,
+            x: txid.map(|t| t.0),
+            k: inv.keys.iter().map(|k| k.as_str().to_owned()).collect(),
+            g: inv.tags.iter().map(Tag::name).collect(),
+        };
+        // Serializing strings and integers cannot fail.
+        serde_json::to_vec(&wire).unwrap_or_default()
+    }
+
+    async fn subscribe_loop(&self, invalidator: Invalidator, mut stop: watch::Receiver<bool>) {
+        let mut subscribed_before = false;
+        let mut backoff = super::Backoff::new();
+        loop {
+            if *stop.borrow() {
+                return;
+            }
+            let pubsub = match self.subscribe().await {
+                Ok(p) => p,
+                Err(e) => {
+                    tracing::debug!(error = %e, "bus subscription failed; retrying");
+                    if !backoff.wait(&mut stop).await {
+                        return;
+                    }
+                    continue;
+                }
+            };
+            backoff.reset();
+            // Messages sent while we were not subscribed are lost: drop what they would have.
+            // The first subscription needs no flush: until now the bus was down, so every L1
+            // entry was stored with the short degraded lifetime.
+            if subscribed_before {
+                invalidator.cache().flush_local("bus_resubscribe");
+                tracing::info!("bus subscription restored; L1 flushed");
+            } else {
+                tracing::info!(channel = %self.cfg.channel, "subscribed to the invalidation bus");
+            }
+            subscribed_before = true;
+            // Heartbeats sent before this subscription cannot be heard on it.
+            self.unheard
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clear();
+            self.coherence.set_bus(true);
+            self.metrics.bus_up.set(1);
+            let lost = self.listen(pubsub, &invalidator, &mut stop).await;
+            self.coherence.set_bus(false);
+            self.metrics.bus_up.set(0);
+            match lost {
+                Some(why) => tracing::warn!(reason = why, "bus subscription lost; resubscribing"),
+                None => return,
+            }
+        }
+    }
+
+    async fn subscribe(&self) -> Result<redis::aio::PubSub, String> {
+        let connect = async {
+            let mut pubsub = self.client.get_async_pubsub().await?;
+            pubsub.subscribe(&self.cfg.channel).await?;
+            Ok::<_, redis::RedisError>(pubsub)
+        };
+        match tokio::time::timeout(self.cfg.connect_timeout, connect).await {
+            Ok(Ok(p)) => Ok(p),
+            Ok(Err(e)) => Err(e.to_string()),
+            Err(_) => Err("timed out".into()),
+        }
+    }
+
+    /// Applies messages until the subscription is lost (`Some(reason)`) or `stop` is set.
+    async fn listen(
+        &self,
+        pubsub: redis::aio::PubSub,
+        invalidator: &Invalidator,
+        stop: &mut watch::Receiver<bool>,
+    ) -> Option<&'static str> {
+        let mut stream = pubsub.into_on_message();
+        let mut peers: HashMap<String, (u64, Instant)> = HashMap::new();
+        let mut watchdog = tokio::time::interval(self.cfg.heartbeat);
+        loop {
+            tokio::select! {
+                msg = stream.next() => {
+                    let Some(msg) = msg else { return Some("connection closed") };
+                    self.handle(msg.get_payload_bytes(), invalidator, &mut peers).await;
+                }
+                _ = watchdog.tick() => {
+                    if self.heartbeat_overdue() {
+                        return Some("own heartbeat not heard back");
+                    }
+                    peers.retain(|_, (_, seen)| seen.elapsed() < Duration::from_secs(60));
+                }
+                _ = crate::startup::stopped(stop) => return None,
+            }
+        }
+    }
+
+    async fn handle(
+        &self,
+        payload: &[u8],
+        invalidator: &Invalidator,
+        peers: &mut HashMap<String, (u64, Instant)>,
+    ) {
+        let Ok(wire) = serde_json::from_slice::<Wire>(payload) else {
+            tracing::debug!("ignoring a malformed bus message");
+            return;
+        };
+        let is_heartbeat = wire.k.is_empty() && wire.g.is_empty();
+        self.metrics
+            .bus_messages
+            .with_label_values(&[
+                "received",
+                if is_heartbeat {
+                    "heartbeat"
+                } else {
+                    "invalidation"
+                },
+            ])
+            .inc();
+        if wire.o == self.origin {
+            self.heard.fetch_max(wire.s, Ordering::Relaxed);
+            return;
+        }
+        let previous = peers.insert(wire.o.clone(), (wire.s, Instant::now()));
+        if let Some((last, _)) = previous {
+            if wire.s != last + 1 {
+                self.metrics.bus_gaps.inc();
+                invalidator.cache().flush_local("bus_gap");
+                tracing::warn!(
+                    peer = %wire.o,
+                    expected = last + 1,
+                    got = wire.s,
+                    "lost a peer's bus message; L1 flushed"
+                );
+            }
+        }
+        if is_heartbeat {
+            return;
+        }
+        let inv = Invalidation {
+            keys: wire.k.iter().filter_map(|k| CacheKey::parse(k)).collect(),
+            tags: wire.g.iter().filter_map(|t| Tag::parse(t)).collect(),
+        };
+        invalidator.peer(wire.x.map(TxId), &inv, wire.t).await;
+    }
+}

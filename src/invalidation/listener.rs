@@ -1,0 +1,280 @@
+//! The change listener: `LISTEN sidecache_changes` on a connection of its own, and on every
+//! notification (and every `poll` as a safety net) read the outbox from where it left off and
+//! apply each committed transaction's changes through [`Invalidator::replay`].
+//!
+//! NOTIFY alone loses what happens while the connection is away; the outbox does not. On connect
+//! and on every reconnect the listener replays the outbox from its cursor, so no change is
+//! missed — unless it was away longer than the outbox keeps rows, in which case it flushes L1.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use sqlx::postgres::{PgConnectOptions, PgListener, PgPoolOptions};
+use tokio::sync::watch;
+
+use super::Invalidator;
+use crate::cache::Coherence;
+use crate::domain::TxId;
+use crate::metrics::Metrics;
+use crate::store::outbox::{self, Cursor, OutboxChange};
+use crate::store::{Store, StoreError};
+
+/// Listener settings.
+#[derive(Debug, Clone)]
+pub struct ListenerConfig {
+    /// Where to LISTEN (a direct connection: LISTEN does not survive transaction pooling).
+    pub connect: PgConnectOptions,
+    pub connect_timeout: Duration,
+    /// How long a catch-up may take before the connection is presumed dead.
+    pub read_timeout: Duration,
+    /// Read the outbox this often even without a notification.
+    pub poll: Duration,
+    /// Outbox rows older than this are pruned (by every instance, every `prune_every`).
+    pub retention: Duration,
+    pub prune_every: Duration,
+    /// New rows read per statement.
+    pub batch: i64,
+}
+
+/// The listener of one instance.
+pub struct Listener {
+    cfg: ListenerConfig,
+    invalidator: Invalidator,
+    store: Store,
+    coherence: Arc<Coherence>,
+    metrics: Arc<Metrics>,
+    /// The highest outbox id applied (for the backlog gauge).
+    applied: AtomicI64,
+}
+
+impl Listener {
+    pub fn new(
+        cfg: ListenerConfig,
+        invalidator: Invalidator,
+        store: Store,
+        coherence: Arc<Coherence>,
+        metrics: Arc<Metrics>,
+    ) -> Arc<Self> {
+        Arc::new(Listener {
+            cfg,
+            invalidator,
+            store,
+            coherence,
+            metrics,
+            applied: AtomicI64::new(-1),
+        })
+    }
+
+    /// The highest outbox id applied so far (`None` before the first catch-up).
+    pub fn applied_id(&self) -> Option<i64> {
+        Some(self.applied.load(Ordering::Relaxed)).filter(|v| *v >= 0)
+    }
+
+    /// Listens, replays and applies until `stop` is set; reconnects by itself.
+    pub async fn run(self: Arc<Self>, mut stop: watch::Receiver<bool>) {
+        let mut cursor: Option<Cursor> = None;
+        let mut down_since: Option<Instant> = None;
+        let mut backoff = super::Backoff::new();
+        loop {
+            if *stop.borrow() {
+                return;
+            }
+            let mut listener = match self.connect().await {
+                Ok(l) => l,
+                Err(e) => {
+                    tracing::debug!(error = %e, "change listener cannot connect; retrying");
+                    if !backoff.wait(&mut stop).await {
+                        return;
+                    }
+                    continue;
+                }
+            };
+            backoff.reset();
+            if cursor.is_none() {
+                match tokio::time::timeout(
+                    self.cfg.read_timeout,
+                    outbox::start(&mut listener, &self.metrics),
+                )
+                .await
+                {
+                    Ok(Ok(c)) => cursor = Some(c),
+                    _ => continue,
+                }
+            }
+            // Away for longer than the outbox keeps rows: some changes are gone for good.
+            if down_since.is_some_and(|t| t.elapsed() + self.cfg.poll >= self.cfg.retention) {
+                self.invalidator.cache().flush_local("listener_gap");
+                tracing::warn!(
+                    "change listener was away longer than the outbox retention; L1 flushed"
+                );
+            }
+            let Some(cur) = cursor.as_mut() else { continue };
+            let outcome = self.serve(&mut listener, cur, &mut stop).await;
+            self.coherence.set_listener(false);
+            self.metrics.listener_up.set(0);
+            match outcome {
+                Ok(()) => return,
+                Err(e) => {
+                    tracing::warn!(error = %e, "change listener lost its connection; replaying the outbox when it is back");
+                    down_since.get_or_insert_with(Instant::now);
+                }
+            }
+        }
+    }
+
+    async fn connect(&self) -> Result<PgListener, sqlx::Error> {
+        // A one-connection pool per attempt: PgListener takes its connection from a pool.
+        let pool = PgPoolOptions::new()
+            .max_connections(1)
+            .acquire_timeout(self.cfg.connect_timeout)
+            .connect_lazy_with(self.cfg.connect.clone());
+        let mut listener = PgListener::connect_with(&pool).await?;
+        // We reconnect ourselves, so that every reconnect replays the outbox.
+        listener.eager_reconnect(false);
+        tokio::time::timeout(self.cfg.connect_timeout, listener.listen(outbox::CHANNEL))
+            .await
+            .map_err(|_| sqlx::Error::PoolTimedOut)??;
+        Ok(listener)
+    }
+
+    /// Catches up, then applies on every notification and poll. `Ok` when stopped, `Err` when
+    /// the connection is lost.
+    async fn serve(
+        &self,
+        listener: &mut PgListener,
+        cursor: &mut Cursor,
+        stop: &mut watch::Receiver<bool>,
+    ) -> Result<(), StoreError> {
+        self.catch_up(listener, cursor).await?;
+        self.coherence.set_listener(true);
+        self.metrics.listener_up.set(1);
+        tracing::info!(
+            last_id = cursor.last_id,
+            "change listener connected and caught up"
+        );
+        let mut poll = tokio::time::interval(self.cfg.poll);
+        poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                n = listener.try_recv() => match n {
+                    Ok(Some(_)) => {
+                        // One read serves every notification already waiting.
+                        while listener.next_buffered().is_some() {}
+                        self.catch_up(listener, cursor).await?;
+                    }
+                    Ok(None) => return Err(StoreError::Unavailable(Arc::new(sqlx::Error::PoolClosed))),
+                    Err(e) => return Err(StoreError::Unavailable(Arc::new(e))),
+                },
+                _ = poll.tick() => self.catch_up(listener, cursor).await?,
+                _ = crate::startup::stopped(stop) => return Ok(()),
+            }
+        }
+    }
+
+    /// Reads what is new and applies it, one transaction at a time, in commit-id order.
+    async fn catch_up(
+        &self,
+        listener: &mut PgListener,
+        cursor: &mut Cursor,
+    ) -> Result<(), StoreError> {
+        let read = outbox::read_since(listener, cursor, self.cfg.batch, &self.metrics);
+        let changes = tokio::time::timeout(self.cfg.read_timeout, read)
+            .await
+            .map_err(|_| StoreError::Unavailable(Arc::new(sqlx::Error::PoolTimedOut)))??;
+        for group in by_transaction(&changes) {
+            let txid = group[0].txid;
+            if let Err(e) = self.invalidator.replay(txid, &group).await {
+                // L1 is dropped; Redis is owed and retried in the background.
+                tracing::warn!(error = %e, txid = txid.0, "redis invalidation of a database change deferred");
+            }
+        }
+        self.applied.store(cursor.last_id, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Prunes old outbox rows and keeps the backlog gauge current, until `stop` is set. Runs on
+    /// the pool, so the backlog shows even while the listener's own connection is down.
+    pub async fn housekeeping(self: Arc<Self>, mut stop: watch::Receiver<bool>) {
+        let mut backlog = tokio::time::interval(Duration::from_secs(1));
+        let mut prune = tokio::time::interval(self.cfg.prune_every);
+        backlog.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        prune.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = backlog.tick() => {
+                    if let (Ok(newest), Some(applied)) = (self.store.outbox_newest().await, self.applied_id()) {
+                        self.metrics.outbox_backlog.set((newest - applied).max(0));
+                    }
+                }
+                _ = prune.tick() => {
+                    match self.store.prune_outbox(self.cfg.retention).await {
+                        Ok(0) => {}
+                        Ok(n) => tracing::debug!(rows = n, "pruned the outbox"),
+                        Err(e) => tracing::debug!(error = %e, "outbox pruning failed"),
+                    }
+                }
+                _ = crate::startup::stopped(&mut stop) => return,
+            }
+        }
+    }
+}
+
+/// Groups changes by transaction, in order of each transaction's first row. A transaction's rows
+/// become visible together, so every instance's listener sees the same groups (and so agrees on
+/// the marker that says a group was applied). Invalidations commute, so the order between
+/// transactions does not matter.
+fn by_transaction(changes: &[OutboxChange]) -> Vec<Vec<OutboxChange>> {
+    let mut order: Vec<TxId> = Vec::new();
+    let mut groups: HashMap<TxId, Vec<OutboxChange>> = HashMap::new();
+    for c in changes {
+        groups
+            .entry(c.txid)
+            .or_insert_with(|| {
+                order.push(c.txid);
+                Vec::new()
+            })
+            .push(c.clone());
+    }
+    order
+        .into_iter()
+        .filter_map(|t| groups.remove(&t))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::{Change, LeadId, Op, OrgId};
+
+    fn c(id: i64, txid: u64) -> OutboxChange {
+        OutboxChange {
+            id,
+            txid: TxId(txid),
+            change: Change::Conversation {
+                id: crate::domain::ConversationId::new_random(),
+                lead: LeadId::new_random(),
+                org: OrgId::new_random(),
+                op: Op::Insert,
+            },
+            origin: None,
+            created_ms: 0.0,
+        }
+    }
+
+    #[test]
+    fn groups_follow_transactions() {
+        assert!(by_transaction(&[]).is_empty());
+        let v = vec![c(1, 10), c(2, 10), c(3, 11), c(4, 10)];
+        let groups = by_transaction(&v);
+        let txids: Vec<TxId> = groups.iter().map(|g| g[0].txid).collect();
+        assert_eq!(txids, vec![TxId(10), TxId(11)], "first appearance order");
+        let ids: Vec<i64> = groups[0].iter().map(|c| c.id).collect();
+        assert_eq!(
+            ids,
+            vec![1, 2, 4],
+            "a transaction's rows stay together, in id order"
+        );
+    }
+}
