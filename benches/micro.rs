@@ -51,6 +51,7 @@ fn bench(c: &mut Criterion) {
             Arc::new(entry.clone()),
             fence,
             Duration::from_secs(60),
+            Duration::from_secs(3600),
         )
         .await;
     });

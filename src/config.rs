@@ -121,6 +121,10 @@ pub struct ServerSettings {
     pub body_limit_bytes: usize,
     /// Seconds in-flight requests get to finish on shutdown.
     pub shutdown_grace_secs: u64,
+    /// After SIGTERM, keep serving (with `/readyz` at 503) this long before refusing connections.
+    pub drain_delay_ms: u64,
+    /// Requests handled at once; more are answered 503 with `Retry-After` at once.
+    pub max_concurrency: usize,
 }
 
 impl Default for ServerSettings {
@@ -129,6 +133,8 @@ impl Default for ServerSettings {
             listen: "127.0.0.1:8080".into(),
             body_limit_bytes: 64 * 1024,
             shutdown_grace_secs: 10,
+            drain_delay_ms: 0,
+            max_concurrency: 1024,
         }
     }
 }
@@ -149,7 +155,7 @@ impl Default for PostgresSettings {
             url: SecretUrl::new("postgres://postgres@127.0.0.1:5432/sidecache"),
             max_connections: 16,
             min_connections: 1,
-            acquire_timeout_ms: 500,
+            acquire_timeout_ms: 100,
             statement_timeout_ms: 2000,
         }
     }
@@ -165,6 +171,11 @@ pub struct RedisSettings {
     pub timeout_ms: u64,
     pub connect_timeout_ms: u64,
     pub pool_size: usize,
+    pub breaker_failures: u32,
+    pub breaker_failure_rate: f64,
+    pub breaker_min_requests: u32,
+    pub breaker_window_secs: u64,
+    pub breaker_open_ms: u64,
 }
 
 impl Default for RedisSettings {
@@ -176,11 +187,29 @@ impl Default for RedisSettings {
             timeout_ms: 25,
             connect_timeout_ms: 500,
             pool_size: 4,
+            breaker_failures: 5,
+            breaker_failure_rate: 0.5,
+            breaker_min_requests: 20,
+            breaker_window_secs: 10,
+            breaker_open_ms: 1000,
         }
     }
 }
 
-/// Time to live, in seconds, of a found value of each kind.
+impl RedisSettings {
+    pub fn breaker(&self) -> crate::cache::BreakerConfig {
+        crate::cache::BreakerConfig {
+            consecutive_failures: self.breaker_failures,
+            failure_rate: self.breaker_failure_rate,
+            min_requests: self.breaker_min_requests,
+            window: Duration::from_secs(self.breaker_window_secs),
+            open_for: Duration::from_millis(self.breaker_open_ms),
+        }
+    }
+}
+
+/// Seconds per kind of data: time to live of a found value (`cache.ttl`), or how long past it a
+/// value may still be served when Postgres cannot be reached (`cache.max_stale`).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct TtlSettings {
@@ -210,6 +239,20 @@ impl Default for TtlSettings {
 }
 
 impl TtlSettings {
+    /// The same value for every kind.
+    pub fn uniform(secs: u64) -> Self {
+        TtlSettings {
+            lead_phone: secs,
+            lead_id: secs,
+            org_phone: secs,
+            org_id: secs,
+            context: secs,
+            summary: secs,
+            greeting: secs,
+            history: secs,
+        }
+    }
+
     fn get(&self, kind: Kind) -> u64 {
         match kind {
             Kind::LeadByPhone => self.lead_phone,
@@ -234,7 +277,12 @@ pub struct CacheSettings {
     pub negative_ttl_secs: u64,
     pub jitter: f64,
     pub default_region: String,
+    pub soft_timeout_ms: u64,
+    pub lookup_deadline_ms: u64,
+    pub fail_safe_throttle_ms: u64,
+    pub refresh_ahead: f64,
     pub ttl: TtlSettings,
+    pub max_stale: TtlSettings,
 }
 
 impl Default for CacheSettings {
@@ -246,7 +294,12 @@ impl Default for CacheSettings {
             negative_ttl_secs: 60,
             jitter: 0.1,
             default_region: "US".into(),
+            soft_timeout_ms: 50,
+            lookup_deadline_ms: 1000,
+            fail_safe_throttle_ms: 1000,
+            refresh_ahead: 0.1,
             ttl: TtlSettings::default(),
+            max_stale: TtlSettings::uniform(3600),
         }
     }
 }
@@ -606,6 +659,33 @@ impl Settings {
                 return Err(fail(&key, "must be greater than 0".into()));
             }
         }
+        for (key, v) in [
+            ("cache.soft_timeout_ms", self.cache.soft_timeout_ms),
+            ("cache.lookup_deadline_ms", self.cache.lookup_deadline_ms),
+            ("server.max_concurrency", self.server.max_concurrency as u64),
+            (
+                "redis.breaker_failures",
+                u64::from(self.redis.breaker_failures),
+            ),
+            ("redis.breaker_window_secs", self.redis.breaker_window_secs),
+            ("redis.breaker_open_ms", self.redis.breaker_open_ms),
+        ] {
+            if v == 0 {
+                return Err(fail(key, "must be greater than 0".into()));
+            }
+        }
+        if !(0.0..0.5).contains(&self.cache.refresh_ahead) {
+            return Err(fail(
+                "cache.refresh_ahead",
+                "must be at least 0 and below 0.5".into(),
+            ));
+        }
+        if !(self.redis.breaker_failure_rate > 0.0 && self.redis.breaker_failure_rate <= 1.0) {
+            return Err(fail(
+                "redis.breaker_failure_rate",
+                "must be above 0 and at most 1".into(),
+            ));
+        }
         if self.cache.negative_ttl_secs == 0 {
             return Err(fail(
                 "cache.negative_ttl_secs",
@@ -695,7 +775,19 @@ impl Settings {
             negative_ttl: Duration::from_secs(c.negative_ttl_secs),
             l1_max_ttl: Duration::from_secs(c.l1_max_ttl_secs),
             jitter: c.jitter,
+            max_stale: Duration::from_secs(c.max_stale.get(kind)),
         })
+    }
+
+    /// Stale answers, deadlines and refresh-ahead.
+    pub fn fail_safe(&self) -> crate::cache::FailSafe {
+        let c = &self.cache;
+        crate::cache::FailSafe {
+            soft_timeout: Duration::from_millis(c.soft_timeout_ms),
+            deadline: Duration::from_millis(c.lookup_deadline_ms),
+            throttle: Duration::from_millis(c.fail_safe_throttle_ms),
+            refresh_ahead: c.refresh_ahead,
+        }
     }
 
     /// Fleet-wide single flight, unless `coherence.lease_ms` is 0.

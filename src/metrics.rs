@@ -22,6 +22,7 @@ pub const LOOKUP_RESULTS: [&str; 5] = ["hit_l1", "hit_l2", "miss", "negative", "
 /// Redis commands sidecache issues (their series exist from the start, at zero).
 pub const REDIS_COMMANDS: &[&str] = &[
     "read",
+    "lease",
     "mget",
     "fill",
     "release",
@@ -85,10 +86,20 @@ pub struct Metrics {
     pub invalidations: IntCounterVec,
     pub invalidated_keys: IntCounterVec,
     coalesced: Vec<IntCounter>,
+    pub stale_served: IntCounterVec,
+    lookup_timeouts: Vec<IntCounter>,
+    refreshes_ahead: Vec<IntCounter>,
+    refresh_failures: Vec<IntCounter>,
+    pub pg_pool_timeouts: IntCounter,
+    pub overload_rejections: IntCounter,
+    pub in_flight: IntGauge,
     pub l1_entries: IntGauge,
     pub l1_bytes: IntGauge,
     pub redis_up: IntGauge,
     pub postgres_up: IntGauge,
+    pub redis_breaker: IntGauge,
+    pub redis_breaker_transitions: IntCounterVec,
+    pub redis_skipped: IntCounter,
     pub invalidation_lag: HistogramVec,
     pub outbox_backlog: IntGauge,
     pub outbox_rows: IntCounterVec,
@@ -225,6 +236,50 @@ impl Metrics {
             .iter()
             .map(|k| coalesced_vec.with_label_values(&[k.as_str()]))
             .collect();
+        let stale_served = counter_vec(
+            &r,
+            "sidecache_stale_served_total",
+            "Answers served past their TTL (x-cache: STALE), by kind and reason (error: the refresh failed; slow: it outlived the soft timeout; throttled: a recent refresh failed; busy: another instance is refreshing it).",
+            &["kind", "reason"],
+        );
+        let per_kind = |name: &str, help: &str| -> Vec<IntCounter> {
+            let v = counter_vec(&r, name, help, &["kind"]);
+            Kind::ALL
+                .iter()
+                .map(|k| v.with_label_values(&[k.as_str()]))
+                .collect()
+        };
+        let lookup_timeouts = per_kind(
+            "sidecache_lookup_timeouts_total",
+            "Lookups that reached their deadline with nothing servable (answered 503), by kind.",
+        );
+        let refreshes_ahead = per_kind(
+            "sidecache_refreshes_ahead_total",
+            "Background refreshes started for hot keys in the last part of their lifetime, by kind.",
+        );
+        let refresh_failures = per_kind(
+            "sidecache_refresh_failures_total",
+            "Loads from Postgres that failed (unavailable, timed out, pool exhausted), by kind.",
+        );
+        let pg_pool_timeouts = IntCounter::new(
+            "sidecache_postgres_pool_timeouts_total",
+            "Postgres queries that found no free connection within the acquire timeout (pool exhausted or Postgres unreachable).",
+        )
+        .expect("valid metric definition");
+        r.register(Box::new(pg_pool_timeouts.clone()))
+            .expect("metric registered once");
+        let overload_rejections = IntCounter::new(
+            "sidecache_overload_rejections_total",
+            "Requests answered 503 with Retry-After because the concurrency limit was reached.",
+        )
+        .expect("valid metric definition");
+        r.register(Box::new(overload_rejections.clone()))
+            .expect("metric registered once");
+        let in_flight = gauge(
+            &r,
+            "sidecache_http_requests_in_flight",
+            "API requests being handled now (bounded by server.max_concurrency).",
+        );
         let l1_entries = gauge(
             &r,
             "sidecache_l1_entries",
@@ -245,6 +300,24 @@ impl Metrics {
             "sidecache_postgres_up",
             "1 if Postgres is answering, else 0.",
         );
+        let redis_breaker = gauge(
+            &r,
+            "sidecache_redis_breaker_state",
+            "The Redis circuit breaker: 0 closed, 1 half-open (probing), 2 open (Redis skipped).",
+        );
+        let redis_breaker_transitions = counter_vec(
+            &r,
+            "sidecache_redis_breaker_transitions_total",
+            "Redis circuit breaker transitions, by the state entered (closed, half_open, open).",
+            &["to"],
+        );
+        let redis_skipped = IntCounter::new(
+            "sidecache_redis_skipped_total",
+            "Redis operations not attempted because the circuit breaker was open.",
+        )
+        .expect("valid metric definition");
+        r.register(Box::new(redis_skipped.clone()))
+            .expect("metric registered once");
         let invalidation_lag = histogram_vec(
             &r,
             "sidecache_invalidation_lag_seconds",
@@ -308,6 +381,9 @@ impl Metrics {
             pg_errors.with_label_values(&[q]);
         }
         for k in Kind::ALL {
+            for reason in ["error", "slow", "throttled", "busy"] {
+                stale_served.with_label_values(&[k.as_str(), reason]);
+            }
             for tier in ["l1", "l2"] {
                 for outcome in ["stored", "fenced", "error"] {
                     fills.with_label_values(&[k.as_str(), tier, outcome]);
@@ -317,6 +393,9 @@ impl Metrics {
         for source in INVALIDATION_SOURCES {
             invalidations.with_label_values(&[source]);
             invalidation_lag.with_label_values(&[source]);
+        }
+        for to in ["closed", "half_open", "open"] {
+            redis_breaker_transitions.with_label_values(&[to]);
         }
         for reason in FLUSH_REASONS {
             l1_flushes.with_label_values(&[reason]);
@@ -354,10 +433,20 @@ impl Metrics {
             invalidations,
             invalidated_keys,
             coalesced,
+            stale_served,
+            lookup_timeouts,
+            refreshes_ahead,
+            refresh_failures,
+            pg_pool_timeouts,
+            overload_rejections,
+            in_flight,
             l1_entries,
             l1_bytes,
             redis_up,
             postgres_up,
+            redis_breaker,
+            redis_breaker_transitions,
+            redis_skipped,
             invalidation_lag,
             outbox_backlog,
             outbox_rows,
@@ -388,6 +477,18 @@ impl Metrics {
 
     pub fn coalesced(&self, kind: Kind) -> &IntCounter {
         &self.coalesced[kind.index()]
+    }
+
+    pub fn lookup_timeouts(&self, kind: Kind) -> &IntCounter {
+        &self.lookup_timeouts[kind.index()]
+    }
+
+    pub fn refreshes_ahead(&self, kind: Kind) -> &IntCounter {
+        &self.refreshes_ahead[kind.index()]
+    }
+
+    pub fn refresh_failures(&self, kind: Kind) -> &IntCounter {
+        &self.refresh_failures[kind.index()]
     }
 
     /// The text exposition of every family.

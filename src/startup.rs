@@ -110,6 +110,7 @@ impl Application {
                 timeout: Duration::from_millis(settings.redis.timeout_ms),
                 connect_timeout: Duration::from_millis(settings.redis.connect_timeout_ms),
                 pool_size: settings.redis.pool_size,
+                breaker: settings.redis.breaker(),
             };
             let remote =
                 Arc::new(Remote::new(&cfg, metrics.clone()).map_err(|e| anyhow::anyhow!("{e}"))?);
@@ -127,7 +128,7 @@ impl Application {
         if let (Some(_), Some(lease)) = (&remote, settings.leases()) {
             tiered = tiered.with_leases(&instance, lease);
         }
-        let cache = Arc::new(tiered);
+        let cache = Arc::new(tiered.with_fail_safe(settings.fail_safe()));
         let bus = match (&remote, bus_on) {
             (Some(remote), true) => {
                 let cfg = BusConfig {
@@ -192,6 +193,7 @@ impl Application {
             instance,
             listener,
             bus: bus.map(|(b, _)| b),
+            limiter: Arc::new(tokio::sync::Semaphore::new(settings.server.max_concurrency)),
         }));
         let addr = settings.listen_addr();
         let listener = TcpListener::bind(addr)
@@ -256,21 +258,37 @@ impl Application {
         );
 
         let router = http::router(state.clone(), settings.server.body_limit_bytes);
-        let drain_state = state.clone();
-        let mut serve_stop = stop_rx.clone();
+        // Two signals: the server stops accepting first; background tasks stop after the
+        // in-flight requests are done (a finishing write still publishes to its peers).
+        let (serve_tx, mut serve_rx) = watch::channel(false);
         let server = axum::serve(listener, router).with_graceful_shutdown(async move {
-            stopped(&mut serve_stop).await;
+            stopped(&mut serve_rx).await;
         });
         let grace = Duration::from_secs(settings.server.shutdown_grace_secs);
+        let drain_delay = Duration::from_millis(settings.server.drain_delay_ms);
         let mut server = std::pin::pin!(server.into_future());
         tokio::select! {
             res = &mut server => res?,
             _ = stop => {
-                tracing::info!("shutdown requested; draining in-flight requests");
-                drain_state.health.set_phase(Phase::Draining);
-                let _ = stop_tx.send(true);
-                if tokio::time::timeout(grace, &mut server).await.is_err() {
-                    tracing::warn!(grace_secs = grace.as_secs(), "in-flight requests did not finish within the grace period");
+                // Not ready any more (load balancers stop sending), but still serving for the
+                // drain delay, so requests already routed here are not refused.
+                state.health.set_phase(Phase::Draining);
+                tracing::info!(
+                    drain_delay_ms = drain_delay.as_millis() as u64,
+                    "shutdown requested; /readyz answers 503"
+                );
+                let early = tokio::select! {
+                    res = &mut server => Some(res),
+                    _ = tokio::time::sleep(drain_delay) => None,
+                };
+                if let Some(res) = early {
+                    res?;
+                } else {
+                    tracing::info!("no longer accepting connections; finishing in-flight requests");
+                    let _ = serve_tx.send(true);
+                    if tokio::time::timeout(grace, &mut server).await.is_err() {
+                        tracing::warn!(grace_secs = grace.as_secs(), "in-flight requests did not finish within the grace period");
+                    }
                 }
             }
         }

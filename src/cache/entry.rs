@@ -60,6 +60,18 @@ impl Entry {
         Duration::from_millis(self.expires_at_ms.saturating_sub(now_ms))
     }
 
+    /// Within the last `fraction` of its lifetime at `now` (time to refresh it ahead).
+    pub fn nearly_expired(&self, now_ms: u64, fraction: f64) -> bool {
+        let life = self.expires_at_ms.saturating_sub(self.loaded_at_ms) as f64;
+        (self.expires_at_ms.saturating_sub(now_ms) as f64) < life * fraction
+    }
+
+    /// Until when it may be served stale, given the kind's `max_stale`.
+    pub fn stale_until(&self, max_stale: Duration) -> u64 {
+        self.expires_at_ms
+            .saturating_add(max_stale.as_millis() as u64)
+    }
+
     /// Whole seconds since the value was read from Postgres (the `age` header).
     pub fn age_secs(&self, now_ms: u64) -> u64 {
         now_ms.saturating_sub(self.loaded_at_ms) / 1000

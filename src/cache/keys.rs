@@ -194,6 +194,8 @@ pub struct Policy {
     pub l1_max_ttl: Duration,
     /// Relative jitter applied to TTLs, e.g. 0.1 for ±10 %.
     pub jitter: f64,
+    /// How long past its TTL a value is kept, to be served (marked stale) when a refresh fails.
+    pub max_stale: Duration,
 }
 
 impl Policy {
@@ -277,6 +279,7 @@ mod tests {
             negative_ttl: Duration::from_secs(10),
             l1_max_ttl: Duration::from_secs(60),
             jitter: 0.1,
+            max_stale: Duration::from_secs(3600),
         };
         let mut seen_low = false;
         let mut seen_high = false;

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use moka::future::Cache;
 
-use super::entry::Entry;
+use super::entry::{now_ms, Entry};
 use super::keys::{CacheKey, Tag};
 
 const STRIPES: usize = 1 << 16;
@@ -24,19 +24,44 @@ pub struct Fence {
     slots: Vec<(u32, u64)>,
 }
 
-/// A value held in L1.
+/// A value held in L1: fresh until `fresh_until_ms`, then kept `stale` longer for fail-safe.
 #[derive(Debug)]
 pub(crate) struct L1Value {
     pub(crate) entry: Arc<Entry>,
     fence: Fence,
-    ttl: Duration,
+    stored_at_ms: u64,
+    fresh_until_ms: u64,
+    /// Fresh time plus stale time: how long moka keeps it.
+    life: Duration,
+}
+
+/// An L1 entry found for a key (never one an invalidation has dropped).
+#[derive(Debug, Clone)]
+pub struct L1Hit {
+    pub entry: Arc<Entry>,
+    /// When it was stored in L1 and until when L1 may serve it as fresh (Unix ms).
+    pub stored_at_ms: u64,
+    pub fresh_until_ms: u64,
+}
+
+impl L1Hit {
+    /// Still within its L1 lifetime at `now`.
+    pub fn is_fresh(&self, now: u64) -> bool {
+        now < self.fresh_until_ms
+    }
+
+    /// Within the last `fraction` of its fresh lifetime: time to refresh it ahead.
+    pub fn refresh_due(&self, now: u64, fraction: f64) -> bool {
+        let life = self.fresh_until_ms.saturating_sub(self.stored_at_ms) as f64;
+        fraction > 0.0 && (self.fresh_until_ms.saturating_sub(now) as f64) < life * fraction
+    }
 }
 
 struct PerEntryTtl;
 
 impl moka::Expiry<Box<str>, Arc<L1Value>> for PerEntryTtl {
     fn expire_after_create(&self, _: &Box<str>, v: &Arc<L1Value>, _: Instant) -> Option<Duration> {
-        Some(v.ttl)
+        Some(v.life)
     }
     fn expire_after_update(
         &self,
@@ -45,7 +70,7 @@ impl moka::Expiry<Box<str>, Arc<L1Value>> for PerEntryTtl {
         _: Instant,
         _: Option<Duration>,
     ) -> Option<Duration> {
-        Some(v.ttl)
+        Some(v.life)
     }
 }
 
@@ -110,25 +135,31 @@ impl Local {
                 .all(|&(s, g)| self.stripes[s as usize].load(Ordering::SeqCst) == g)
     }
 
-    /// A current entry for `key`, if any.
-    pub async fn get(&self, key: &CacheKey) -> Option<Arc<Entry>> {
+    /// The entry for `key` that no invalidation has dropped, fresh or (within its stale time)
+    /// not.
+    pub async fn get(&self, key: &CacheKey) -> Option<L1Hit> {
         let cache = self.cache.as_ref()?;
         let v = cache.get(key.as_str()).await?;
         if self.is_current(&v.fence) {
-            Some(v.entry.clone())
+            Some(L1Hit {
+                entry: v.entry.clone(),
+                stored_at_ms: v.stored_at_ms,
+                fresh_until_ms: v.fresh_until_ms,
+            })
         } else {
             None
         }
     }
 
-    /// Stores an entry loaded under `fence`, for at most `ttl`. A fence that moved on means the
-    /// value may predate a write: it is not stored.
+    /// Stores an entry loaded under `fence`, fresh for `ttl` and then kept `stale` longer. A fence
+    /// that moved on means the value may predate a write: it is not stored.
     pub async fn insert(
         &self,
         key: &CacheKey,
         entry: Arc<Entry>,
         fence: Fence,
         ttl: Duration,
+        stale: Duration,
     ) -> bool {
         let Some(cache) = &self.cache else {
             return false;
@@ -136,7 +167,14 @@ impl Local {
         if ttl.is_zero() || !self.is_current(&fence) {
             return false;
         }
-        let value = Arc::new(L1Value { entry, fence, ttl });
+        let now = now_ms();
+        let value = Arc::new(L1Value {
+            entry,
+            fence,
+            stored_at_ms: now,
+            fresh_until_ms: now.saturating_add(ttl.as_millis() as u64),
+            life: ttl.saturating_add(stale),
+        });
         cache.insert(key.as_str().into(), value).await;
         true
     }
@@ -200,8 +238,11 @@ mod tests {
         let l1 = Local::new(true, 1 << 20);
         let key = CacheKey::lead_by_id(lead());
         let f = l1.fence(&key, &[]);
-        assert!(l1.insert(&key, entry("a"), f, Duration::from_secs(5)).await);
-        assert_eq!(l1.get(&key).await.unwrap().body, "a");
+        assert!(
+            l1.insert(&key, entry("a"), f, Duration::from_secs(5), Duration::ZERO)
+                .await
+        );
+        assert_eq!(l1.get(&key).await.unwrap().entry.body, "a");
     }
 
     #[tokio::test]
@@ -211,8 +252,14 @@ mod tests {
         let f = l1.fence(&key, &[]);
         l1.invalidate_key(&key).await; // the write lands while the load is in flight
         assert!(
-            !l1.insert(&key, entry("old"), f.clone(), Duration::from_secs(5))
-                .await
+            !l1.insert(
+                &key,
+                entry("old"),
+                f.clone(),
+                Duration::from_secs(5),
+                Duration::ZERO
+            )
+            .await
         );
         assert!(l1.get(&key).await.is_none());
     }
@@ -223,8 +270,14 @@ mod tests {
         let key = CacheKey::lead_by_id(lead());
         let f = l1.fence(&key, &[]);
         assert!(
-            l1.insert(&key, entry("old"), f, Duration::from_secs(5))
-                .await
+            l1.insert(
+                &key,
+                entry("old"),
+                f,
+                Duration::from_secs(5),
+                Duration::ZERO
+            )
+            .await
         );
         l1.invalidate_key(&key).await;
         assert!(l1.get(&key).await.is_none());
@@ -237,8 +290,10 @@ mod tests {
         let (a, b) = (CacheKey::context(lead()), CacheKey::context(lead()));
         let fa = l1.fence(&a, &[Tag::Org(org)]);
         let fb = l1.fence(&b, &[Tag::Org(OrgId::new_random())]);
-        l1.insert(&a, entry("a"), fa, Duration::from_secs(5)).await;
-        l1.insert(&b, entry("b"), fb, Duration::from_secs(5)).await;
+        l1.insert(&a, entry("a"), fa, Duration::from_secs(5), Duration::ZERO)
+            .await;
+        l1.insert(&b, entry("b"), fb, Duration::from_secs(5), Duration::ZERO)
+            .await;
         l1.invalidate_tag(&Tag::Org(org));
         assert!(l1.get(&a).await.is_none());
         assert!(l1.get(&b).await.is_some());
@@ -249,11 +304,47 @@ mod tests {
         let l1 = Local::new(true, 1 << 20);
         let key = CacheKey::summary(lead());
         let f = l1.fence(&key, &[]);
-        l1.insert(&key, entry("x"), f.clone(), Duration::from_secs(5))
-            .await;
+        l1.insert(
+            &key,
+            entry("x"),
+            f.clone(),
+            Duration::from_secs(5),
+            Duration::ZERO,
+        )
+        .await;
         l1.flush();
         assert!(l1.get(&key).await.is_none());
-        assert!(!l1.insert(&key, entry("y"), f, Duration::from_secs(5)).await);
+        assert!(
+            !l1.insert(&key, entry("y"), f, Duration::from_secs(5), Duration::ZERO)
+                .await
+        );
+    }
+
+    #[tokio::test]
+    async fn entries_outlive_their_freshness_by_the_stale_time() {
+        let l1 = Local::new(true, 1 << 20);
+        let key = CacheKey::lead_by_id(lead());
+        let f = l1.fence(&key, &[]);
+        l1.insert(
+            &key,
+            entry("a"),
+            f,
+            Duration::from_millis(20),
+            Duration::from_secs(5),
+        )
+        .await;
+        let hit = l1.get(&key).await.unwrap();
+        assert!(hit.is_fresh(now_ms()));
+        assert!(hit.refresh_due(hit.fresh_until_ms - 1, 0.1));
+        assert!(!hit.refresh_due(hit.stored_at_ms, 0.1));
+        tokio::time::sleep(Duration::from_millis(30)).await;
+        let stale = l1.get(&key).await.expect("kept past its freshness");
+        assert!(!stale.is_fresh(now_ms()));
+        l1.invalidate_key(&key).await;
+        assert!(
+            l1.get(&key).await.is_none(),
+            "an invalidated entry is never served, not even stale"
+        );
     }
 
     #[tokio::test]
@@ -261,7 +352,10 @@ mod tests {
         let l1 = Local::new(false, 1 << 20);
         let key = CacheKey::lead_by_id(lead());
         let f = l1.fence(&key, &[]);
-        assert!(!l1.insert(&key, entry("a"), f, Duration::from_secs(5)).await);
+        assert!(
+            !l1.insert(&key, entry("a"), f, Duration::from_secs(5), Duration::ZERO)
+                .await
+        );
         assert!(l1.get(&key).await.is_none());
     }
 }

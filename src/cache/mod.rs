@@ -2,6 +2,7 @@
 //!
 //! One generic path serves every kind of lookup; kinds differ only in their [`Policy`].
 
+mod breaker;
 mod coherence;
 mod entry;
 mod keys;
@@ -9,12 +10,13 @@ mod local;
 mod remote;
 mod tiered;
 
+pub use breaker::{Breaker, BreakerConfig, BreakerState, Transition};
 pub use coherence::{ChannelState, Coherence};
 pub use entry::{now_ms, Entry, Loaded};
 pub use keys::{fnv1a, CacheKey, Kind, Policies, Policy, Tag};
-pub use local::{Fence, Local};
+pub use local::{Fence, L1Hit, Local};
 pub use remote::{Deletion, Dropped, L2Read, Lease, Marker, Remote, RemoteConfig};
-pub use tiered::{CacheStatus, FillHook, LeaseConfig, LoadFuture, Lookup, Mode, Tiered};
+pub use tiered::{CacheStatus, FailSafe, FillHook, LeaseConfig, LoadFuture, Lookup, Mode, Tiered};
 
 use crate::store::StoreError;
 
@@ -33,4 +35,6 @@ pub enum CacheError {
     Load(#[from] StoreError),
     #[error("the load for this key was abandoned")]
     Abandoned,
+    #[error("the lookup did not finish within its deadline")]
+    Deadline,
 }

@@ -19,6 +19,7 @@ use bytes::Bytes;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::Script;
 
+use super::breaker::{Breaker, BreakerConfig, BreakerState, Transition};
 use super::keys::{CacheKey, Tag};
 use super::CacheError;
 use crate::domain::TxId;
@@ -162,6 +163,7 @@ pub struct RemoteConfig {
     pub timeout: Duration,
     pub connect_timeout: Duration,
     pub pool_size: usize,
+    pub breaker: BreakerConfig,
 }
 
 /// The Redis tier.
@@ -173,7 +175,7 @@ pub struct Remote {
     timeout: Duration,
     connect_timeout: Duration,
     metrics: Arc<Metrics>,
-    up: AtomicBool,
+    breaker: Breaker,
     /// Invalidations that could not reach Redis; until they land, L2 is bypassed entirely.
     pending: Mutex<Vec<(Deletion, Marker)>>,
     has_pending: AtomicBool,
@@ -209,7 +211,7 @@ impl Remote {
             timeout: cfg.timeout,
             connect_timeout: cfg.connect_timeout,
             metrics,
-            up: AtomicBool::new(false),
+            breaker: Breaker::new(cfg.breaker),
             pending: Mutex::new(Vec::new()),
             has_pending: AtomicBool::new(false),
             read_script: Script::new(READ_LUA),
@@ -250,28 +252,43 @@ impl Remote {
             .with_label_values(&["connect"])
             .observe(started.elapsed().as_secs_f64());
         let _ = self.conn.set(mgr);
-        self.set_up(true);
+        self.metrics.redis_up.set(i64::from(self.is_up()));
         Ok(())
     }
 
-    /// True once connected and while the last probe or operation succeeded.
+    /// True once connected and while the breaker is not open.
     pub fn is_up(&self) -> bool {
-        self.up.load(Ordering::Relaxed)
+        self.conn.get().is_some() && self.breaker.state() != BreakerState::Open
     }
 
-    fn set_up(&self, up: bool) {
-        let was = self.up.swap(up, Ordering::Relaxed);
-        self.metrics.redis_up.set(i64::from(up));
-        if was != up {
-            if up {
-                tracing::info!("redis is answering; L2 in use");
-            } else {
-                tracing::warn!("redis is not answering; serving from L1 and Postgres");
-            }
+    /// The circuit breaker's state.
+    pub fn breaker_state(&self) -> BreakerState {
+        if self.conn.get().is_none() {
+            return BreakerState::Open;
+        }
+        self.breaker.state()
+    }
+
+    /// Logs and counts a breaker transition, once.
+    fn transition(&self, t: Transition) {
+        let Some((from, to)) = t else { return };
+        self.metrics.redis_breaker.set(to.as_gauge());
+        self.metrics
+            .redis_breaker_transitions
+            .with_label_values(&[to.as_str()])
+            .inc();
+        self.metrics.redis_up.set(i64::from(self.is_up()));
+        match to {
+            BreakerState::Open => tracing::warn!(
+                from = from.as_str(),
+                "redis circuit breaker open: lookups skip Redis (L1 and Postgres only)"
+            ),
+            BreakerState::HalfOpen => tracing::info!("redis circuit breaker half-open: probing"),
+            BreakerState::Closed => tracing::info!("redis circuit breaker closed: L2 in use again"),
         }
     }
 
-    /// True when reads may use L2: connected, answering, and no invalidation is owed.
+    /// True when reads may use L2: connected, the breaker not open, and no invalidation owed.
     pub fn usable(&self) -> bool {
         self.is_up() && !self.has_pending.load(Ordering::Acquire)
     }
@@ -294,10 +311,18 @@ impl Remote {
         self.value_key(key)
     }
 
+    /// Runs one Redis operation through the breaker and within the operation timeout, recording
+    /// count, errors and latency. While the breaker is open it fails at once, without waiting.
     async fn run<T, F>(&self, command: &'static str, fut: F) -> Result<T, CacheError>
     where
         F: std::future::Future<Output = redis::RedisResult<T>>,
     {
+        let (allowed, t) = self.breaker.allow();
+        self.transition(t);
+        if !allowed {
+            self.metrics.redis_skipped.inc();
+            return Err(CacheError::Unavailable);
+        }
         self.metrics.redis_ops.with_label_values(&[command]).inc();
         let started = Instant::now();
         let out = match tokio::time::timeout(self.timeout, fut).await {
@@ -315,6 +340,7 @@ impl Remote {
                 .with_label_values(&[command])
                 .inc();
         }
+        self.transition(self.breaker.record(out.is_ok()));
         out
     }
 
@@ -373,6 +399,27 @@ impl Remote {
             tokens,
             lease,
         })
+    }
+
+    /// Asks for a key's fill lease on its own (a stale value is there, so [`Remote::read`] did not).
+    pub async fn take_lease(&self, key: &CacheKey, token: &str, ttl: Duration) -> Lease {
+        let Ok(mut conn) = self.conn() else {
+            return Lease::NotAsked;
+        };
+        let mut cmd = redis::cmd("SET");
+        cmd.arg(self.lease_key(key))
+            .arg(token)
+            .arg("NX")
+            .arg("PX")
+            .arg(ttl.as_millis().max(1) as u64);
+        match self
+            .run("lease", cmd.query_async::<Option<String>>(&mut conn))
+            .await
+        {
+            Ok(Some(_)) => Lease::Held(token.to_owned()),
+            Ok(None) => Lease::Busy,
+            Err(_) => Lease::NotAsked,
+        }
     }
 
     /// While another load holds the key's lease: the value, once it is there, and whether the
@@ -545,9 +592,14 @@ impl Remote {
         self.run("publish", pipe.query_async::<()>(&mut conn)).await
     }
 
-    /// Removes every key of this namespace (admin flush). SCANs only keys under the prefix.
+    /// Removes every key of this namespace (admin flush): SCANs only keys under the prefix, on
+    /// a control-plane connection so the lookups' multiplexed connection is not held up.
     pub async fn flush_namespace(&self) -> Result<u64, CacheError> {
-        let mut conn = self.conn()?;
+        let mut conn = self
+            .pool
+            .get()
+            .await
+            .map_err(|e| CacheError::Redis(e.to_string()))?;
         let pattern = format!("{}*", self.prefix);
         let mut cursor: u64 = 0;
         let mut removed = 0u64;
@@ -558,14 +610,16 @@ impl Remote {
                 .arg(&pattern)
                 .arg("COUNT")
                 .arg(1000);
-            let (next, keys): (u64, Vec<String>) =
-                self.run("scan", cmd.query_async(&mut conn)).await?;
+            let (next, keys): (u64, Vec<String>) = cmd
+                .query_async(&mut conn)
+                .await
+                .map_err(|e| CacheError::Redis(e.to_string()))?;
             if !keys.is_empty() {
-                let mut del = redis::cmd("UNLINK");
-                del.arg(&keys);
-                removed += self
-                    .run("unlink", del.query_async::<u64>(&mut conn))
-                    .await?;
+                removed += redis::cmd("UNLINK")
+                    .arg(&keys)
+                    .query_async::<u64>(&mut conn)
+                    .await
+                    .map_err(|e| CacheError::Redis(e.to_string()))?;
             }
             if next == 0 {
                 break;
@@ -575,35 +629,26 @@ impl Remote {
         Ok(removed)
     }
 
-    /// One health probe over the control-plane pool; updates `is_up`.
+    /// One health probe: connects if never connected, else PINGs over the data connection
+    /// through the breaker (skipped while open; the half-open probe once the pause is over), so
+    /// a Redis that fails without traffic is noticed and a recovered one is closed again.
     pub async fn probe(&self) -> bool {
-        let ok = match self.conn.get() {
-            None => self.connect().await.is_ok(),
-            Some(_) => {
-                let pool = self.pool.clone();
-                let ping = async move {
-                    let mut c = pool.get().await.map_err(|e| {
-                        redis::RedisError::from(std::io::Error::other(e.to_string()))
-                    })?;
-                    redis::cmd("PING").query_async::<String>(&mut c).await
-                };
-                // The probe may take longer than a data-path operation without being a failure.
-                self.metrics.redis_ops.with_label_values(&["ping"]).inc();
-                match tokio::time::timeout(self.connect_timeout, ping).await {
-                    Ok(Ok(_)) => true,
-                    _ => {
-                        self.metrics.redis_errors.with_label_values(&["ping"]).inc();
-                        false
-                    }
-                }
+        if self.conn.get().is_none() {
+            let ok = self.connect().await.is_ok();
+            if !ok {
+                self.metrics.redis_up.set(0);
             }
+            return ok;
+        }
+        if self.breaker.state() == BreakerState::HalfOpen {
+            // A probe is already out (a lookup's); let it decide.
+            return false;
+        }
+        let Ok(mut conn) = self.conn() else {
+            return false;
         };
-        self.set_up(ok);
-        ok
-    }
-
-    /// Marks Redis as failing after a data-path error (the next probe may restore it).
-    pub fn report_failure(&self) {
-        self.set_up(false);
+        self.run("ping", redis::cmd("PING").query_async::<String>(&mut conn))
+            .await
+            .is_ok()
     }
 }

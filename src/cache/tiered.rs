@@ -20,7 +20,7 @@ use tokio::sync::watch;
 
 use super::coherence::Coherence;
 use super::entry::{now_ms, Entry, Loaded};
-use super::keys::{CacheKey, Policies, Tag};
+use super::keys::{CacheKey, Kind, Policies, Policy, Tag};
 use super::local::{Fence, Local};
 use super::remote::{Deletion, Dropped, L2Read, Lease, Marker, Remote};
 use super::CacheError;
@@ -73,7 +73,13 @@ pub type LoadFuture = Pin<Box<dyn Future<Output = Result<Loaded, StoreError>> + 
 pub type FillHook =
     Arc<dyn Fn(&CacheKey) -> Pin<Box<dyn Future<Output = ()> + Send>> + Send + Sync>;
 
-type Outcome = Option<Result<Lookup, CacheError>>;
+/// What a flight has to say so far: a stale value it found on the way (answered if the load is
+/// slow or fails), then its result.
+#[derive(Clone, Default)]
+struct Progress {
+    stale: Option<Arc<Entry>>,
+    done: Option<Result<Lookup, CacheError>>,
+}
 
 /// Fleet-wide single flight: how long a lease lasts, and how long others wait for its fill.
 #[derive(Debug, Clone, Copy)]
@@ -86,10 +92,35 @@ pub struct LeaseConfig {
     pub poll: Duration,
 }
 
+/// Fail-safe and latency budgets of a lookup (DESIGN §5).
+#[derive(Debug, Clone, Copy)]
+pub struct FailSafe {
+    /// With a stale value at hand, a load slower than this is not waited for: the stale value
+    /// is answered and the load finishes in the background.
+    pub soft_timeout: Duration,
+    /// Without one, a lookup gives up after this long (503).
+    pub deadline: Duration,
+    /// After a failed refresh, the key is not loaded again for this long (stale answers only).
+    pub throttle: Duration,
+    /// Fresh L1 hits within this last fraction of their lifetime start a background refresh.
+    pub refresh_ahead: f64,
+}
+
+impl Default for FailSafe {
+    fn default() -> Self {
+        FailSafe {
+            soft_timeout: Duration::from_millis(50),
+            deadline: Duration::from_secs(1),
+            throttle: Duration::from_secs(1),
+            refresh_ahead: 0.1,
+        }
+    }
+}
+
 struct Flight {
     id: u64,
     fence: Fence,
-    rx: watch::Receiver<Outcome>,
+    rx: watch::Receiver<Progress>,
 }
 
 /// The tiered cache shared by every request.
@@ -106,6 +137,10 @@ pub struct Tiered {
     lease: Option<LeaseConfig>,
     /// This instance's id: the prefix of its lease tokens.
     instance: String,
+    fail_safe: FailSafe,
+    /// Keys whose last refresh failed, until when they are not loaded again. A std Mutex: held
+    /// for a lookup or an insert, never across an await.
+    throttled: Mutex<HashMap<Box<str>, Instant>>,
 }
 
 impl Tiered {
@@ -126,6 +161,8 @@ impl Tiered {
             coherence: Arc::new(Coherence::none()),
             lease: None,
             instance: String::new(),
+            fail_safe: FailSafe::default(),
+            throttled: Mutex::new(HashMap::new()),
         }
     }
 
@@ -139,6 +176,12 @@ impl Tiered {
     pub fn with_leases(mut self, instance: &str, lease: LeaseConfig) -> Self {
         self.instance = instance.to_owned();
         self.lease = Some(lease);
+        self
+    }
+
+    /// Uses these budgets for stale answers, deadlines and refresh-ahead.
+    pub fn with_fail_safe(mut self, fail_safe: FailSafe) -> Self {
+        self.fail_safe = fail_safe;
         self
     }
 
@@ -178,20 +221,30 @@ impl Tiered {
         *self.fill_hook.write().unwrap_or_else(|p| p.into_inner()) = hook;
     }
 
-    /// An L1 hit for `key`, if there is one (counted like any lookup). Lets callers skip work
-    /// that only a miss needs, such as resolving a value's tags.
+    /// A fresh L1 hit for `key` that needs no refresh, if there is one (counted like any lookup).
+    /// Lets callers skip work that only a miss needs, such as resolving a value's tags; anything
+    /// else goes through [`Tiered::get`].
     pub async fn get_l1(&self, key: &CacheKey) -> Option<Lookup> {
-        let entry = self.local.get(key).await?;
+        let hit = self.local.get(key).await?;
+        let now = now_ms();
+        if !hit.is_fresh(now) || hit.refresh_due(now, self.fail_safe.refresh_ahead) {
+            return None;
+        }
         self.metrics
-            .lookup(key.kind(), CacheStatus::HitL1, entry.negative);
+            .lookup(key.kind(), CacheStatus::HitL1, hit.entry.negative);
         Some(Lookup {
-            entry,
+            entry: hit.entry,
             status: CacheStatus::HitL1,
         })
     }
 
     /// Looks `key` up through the tiers, loading it with `load` on a miss. `tags` name the groups
     /// the value belongs to (its invalidation dependencies) and must be known before loading.
+    ///
+    /// Fail-safe: a value past its TTL but within its kind's `max_stale` (never one that was
+    /// invalidated) is answered as `Stale` when the load fails, when it takes longer than the
+    /// soft timeout (the load then finishes in the background), or while the key's refreshes are
+    /// throttled after a failure. Without one, a load that outlives the deadline is an error.
     pub async fn get<F>(
         self: &Arc<Self>,
         key: &CacheKey,
@@ -204,7 +257,7 @@ impl Tiered {
     {
         let kind = key.kind();
         if mode == Mode::Bypass || self.is_pass_through() {
-            let entry = Arc::new(Entry::from_loaded(load().await?, std::time::Duration::ZERO));
+            let entry = Arc::new(Entry::from_loaded(load().await?, Duration::ZERO));
             self.metrics
                 .lookup(kind, CacheStatus::Bypass, entry.negative);
             return Ok(Lookup {
@@ -212,29 +265,128 @@ impl Tiered {
                 status: CacheStatus::Bypass,
             });
         }
-        if let Some(entry) = self.local.get(key).await {
-            self.metrics
-                .lookup(kind, CacheStatus::HitL1, entry.negative);
-            return Ok(Lookup {
-                entry,
-                status: CacheStatus::HitL1,
-            });
-        }
-        let mut load = Some(load);
-        loop {
-            let mut rx = self.join_or_start(key, tags, &mut load)?;
-            let outcome = match rx.wait_for(Option::is_some).await {
-                Ok(v) => v.clone(),
-                // The flight's task ended without an answer (it panicked): try again.
-                Err(_) => continue,
-            };
-            if let Some(result) = outcome {
-                if let Ok(l) = &result {
-                    self.metrics.lookup(kind, l.status, l.entry.negative);
+        let started = Instant::now();
+        let mut stale = None;
+        if let Some(hit) = self.local.get(key).await {
+            let now = now_ms();
+            if hit.is_fresh(now) {
+                if hit.refresh_due(now, self.fail_safe.refresh_ahead) {
+                    self.refresh_in_background(key, tags, load);
                 }
-                return result;
+                self.metrics
+                    .lookup(kind, CacheStatus::HitL1, hit.entry.negative);
+                return Ok(Lookup {
+                    entry: hit.entry,
+                    status: CacheStatus::HitL1,
+                });
+            }
+            stale = Some(hit.entry);
+        }
+        if let Some(s) = &stale {
+            if self.is_throttled(key) {
+                return Ok(self.serve_stale(kind, s.clone(), "throttled"));
             }
         }
+        let soft_at = started + self.fail_safe.soft_timeout;
+        let hard_at = started + self.fail_safe.deadline;
+        let mut load = Some(load);
+        loop {
+            let mut rx = self.join_or_start(key, tags, &mut load, false)?;
+            loop {
+                let progress = rx.borrow_and_update().clone();
+                if let Some(result) = progress.done {
+                    return match result {
+                        // Another instance holds the refresh lease of a stale value.
+                        Ok(l) if l.status == CacheStatus::Stale => {
+                            Ok(self.serve_stale(kind, l.entry, "busy"))
+                        }
+                        Ok(l) => {
+                            self.metrics.lookup(kind, l.status, l.entry.negative);
+                            Ok(l)
+                        }
+                        Err(e) => match stale.or(progress.stale) {
+                            Some(s) => Ok(self.serve_stale(kind, s, "error")),
+                            None => Err(e),
+                        },
+                    };
+                }
+                let candidate = stale.clone().or(progress.stale);
+                let wake = if candidate.is_some() {
+                    soft_at.min(hard_at)
+                } else {
+                    hard_at
+                };
+                if Instant::now() >= wake {
+                    return match candidate {
+                        Some(s) => Ok(self.serve_stale(kind, s, "slow")),
+                        None => {
+                            self.metrics.lookup_timeouts(kind).inc();
+                            Err(CacheError::Deadline)
+                        }
+                    };
+                }
+                tokio::select! {
+                    changed = rx.changed() => {
+                        if changed.is_err() && rx.borrow().done.is_none() {
+                            // The flight's task ended without an answer (it panicked).
+                            break;
+                        }
+                    }
+                    _ = tokio::time::sleep_until(wake.into()) => {}
+                }
+            }
+        }
+    }
+
+    /// Answers a stale value, counting why.
+    fn serve_stale(&self, kind: Kind, entry: Arc<Entry>, reason: &'static str) -> Lookup {
+        self.metrics
+            .lookup(kind, CacheStatus::Stale, entry.negative);
+        self.metrics
+            .stale_served
+            .with_label_values(&[kind.as_str(), reason])
+            .inc();
+        Lookup {
+            entry,
+            status: CacheStatus::Stale,
+        }
+    }
+
+    fn is_throttled(&self, key: &CacheKey) -> bool {
+        let mut t = self.throttled.lock().unwrap_or_else(|p| p.into_inner());
+        match t.get(key.as_str()) {
+            Some(until) if *until > Instant::now() => true,
+            Some(_) => {
+                t.remove(key.as_str());
+                false
+            }
+            None => false,
+        }
+    }
+
+    fn throttle(&self, key: &CacheKey) {
+        let mut t = self.throttled.lock().unwrap_or_else(|p| p.into_inner());
+        let now = Instant::now();
+        if t.len() >= 10_000 {
+            t.retain(|_, until| *until > now);
+        }
+        t.insert(key.as_str().into(), now + self.fail_safe.throttle);
+    }
+
+    /// Starts a refresh of a hot key nearing the end of its life, unless a load of it is already
+    /// under way. Nobody waits for it.
+    fn refresh_in_background<F>(self: &Arc<Self>, key: &CacheKey, tags: &[Tag], load: F)
+    where
+        F: FnOnce() -> LoadFuture + Send + 'static,
+    {
+        {
+            let flights = self.flights.lock().unwrap_or_else(|p| p.into_inner());
+            if flights.contains_key(key.as_str()) {
+                return;
+            }
+        }
+        self.metrics.refreshes_ahead(key.kind()).inc();
+        let _ = self.join_or_start(key, tags, &mut Some(load), true);
     }
 
     fn join_or_start<F>(
@@ -242,7 +394,8 @@ impl Tiered {
         key: &CacheKey,
         tags: &[Tag],
         load: &mut Option<F>,
-    ) -> Result<watch::Receiver<Outcome>, CacheError>
+        refresh: bool,
+    ) -> Result<watch::Receiver<Progress>, CacheError>
     where
         F: FnOnce() -> LoadFuture + Send + 'static,
     {
@@ -259,7 +412,7 @@ impl Tiered {
             return Err(CacheError::Abandoned);
         };
         let fence = self.local.fence(key, tags);
-        let (tx, rx) = watch::channel(None);
+        let (tx, rx) = watch::channel(Progress::default());
         let id = self.next_flight.fetch_add(1, Ordering::Relaxed);
         flights.insert(
             key.as_str().into(),
@@ -278,13 +431,16 @@ impl Tiered {
                 key: &key,
                 id,
             };
-            let result = this.fly(&key, &tags, fence, id, load).await;
-            let _ = tx.send(Some(result));
+            let result = this.fly(&key, &tags, fence, id, load, refresh, &tx).await;
+            tx.send_modify(|p| p.done = Some(result));
         });
         Ok(rx)
     }
 
-    /// One flight: L2, else Postgres; then the fenced fills.
+    /// One flight: L2, else Postgres; then the fenced fills. A stale value met on the way is
+    /// published on `progress` for the waiting lookups. `refresh` (a refresh-ahead) takes an L2
+    /// value only if it is not itself near its end.
+    #[allow(clippy::too_many_arguments)]
     async fn fly<F>(
         &self,
         key: &CacheKey,
@@ -292,6 +448,8 @@ impl Tiered {
         fence: Fence,
         flight: u64,
         load: F,
+        refresh: bool,
+        progress: &watch::Sender<Progress>,
     ) -> Result<Lookup, CacheError>
     where
         F: FnOnce() -> LoadFuture,
@@ -304,20 +462,43 @@ impl Tiered {
             let token = format!("{}:{flight}", self.instance);
             let lease = self.lease.map(|l| (token.as_str(), l.ttl));
             match remote.read(key, tags, lease).await {
-                Ok(read) => {
-                    if let Some(entry) = read.value.clone().and_then(fresh) {
-                        return Ok(self.hit_l2(key, entry, fence, policy.l1_max_ttl).await);
+                Ok(mut read) => {
+                    let now = now_ms();
+                    match read.value.take().and_then(Entry::decode) {
+                        Some(e)
+                            if e.expires_at_ms > now
+                                && !(refresh
+                                    && e.nearly_expired(now, self.fail_safe.refresh_ahead)) =>
+                        {
+                            return Ok(self.hit_l2(key, e, fence, &policy).await);
+                        }
+                        // Fresh but near its end, and this flight is a refresh: load it anew.
+                        Some(e) if e.expires_at_ms > now => {}
+                        Some(e) if e.stale_until(policy.max_stale) > now => {
+                            let e = Arc::new(e);
+                            progress.send_modify(|p| p.stale = Some(e.clone()));
+                            // One refresh per fleet; the others answer the stale value.
+                            if let Some(l) = self.lease {
+                                read.lease = remote.take_lease(key, &token, l.ttl).await;
+                                if read.lease == Lease::Busy {
+                                    return Ok(Lookup {
+                                        entry: e,
+                                        status: CacheStatus::Stale,
+                                    });
+                                }
+                            }
+                        }
+                        _ => {}
                     }
                     if read.lease == Lease::Busy {
                         if let Some(entry) = self.wait_for_fill(remote, key).await {
-                            return Ok(self.hit_l2(key, entry, fence, policy.l1_max_ttl).await);
+                            return Ok(self.hit_l2(key, entry, fence, &policy).await);
                         }
                     }
                     l2 = Some(read);
                 }
                 Err(e) => {
                     tracing::debug!(error = %e, key = %key, "redis read failed; loading from postgres");
-                    remote.report_failure();
                 }
             }
         }
@@ -329,6 +510,8 @@ impl Tiered {
                 if let (Some(remote), Some(read)) = (remote, &l2) {
                     remote.release(key, &read.lease).await;
                 }
+                self.throttle(key);
+                self.metrics.refresh_failures(key.kind()).inc();
                 return Err(e.into());
             }
         };
@@ -346,8 +529,10 @@ impl Tiered {
         }
 
         if let (Some(remote), Some(L2Read { tokens, lease, .. })) = (remote, l2) {
+            // Redis keeps it for its stale time too, for every instance's fail-safe.
+            let life = ttl.saturating_add(policy.max_stale);
             match remote
-                .fill(key, tags, &tokens, &lease, &entry.encode(), ttl)
+                .fill(key, tags, &tokens, &lease, &entry.encode(), life)
                 .await
             {
                 Ok(stored) => self.count_fill(kind, "l2", stored),
@@ -357,7 +542,6 @@ impl Tiered {
                         .with_label_values(&[kind, "l2", "error"])
                         .inc();
                     tracing::debug!(error = %e, key = %key, "redis fill failed");
-                    remote.report_failure();
                 }
             }
         }
@@ -368,6 +552,7 @@ impl Tiered {
                 entry.clone(),
                 fence,
                 self.l1_ttl(ttl, policy.l1_max_ttl),
+                policy.max_stale,
             )
             .await;
         self.count_fill(kind, "l1", stored);
@@ -381,16 +566,13 @@ impl Tiered {
     }
 
     /// An L2 hit: keep it in L1 (fenced) and answer it.
-    async fn hit_l2(
-        &self,
-        key: &CacheKey,
-        entry: Entry,
-        fence: Fence,
-        l1_max_ttl: Duration,
-    ) -> Lookup {
+    async fn hit_l2(&self, key: &CacheKey, entry: Entry, fence: Fence, policy: &Policy) -> Lookup {
         let entry = Arc::new(entry);
-        let ttl = self.l1_ttl(entry.remaining(now_ms()), l1_max_ttl);
-        let stored = self.local.insert(key, entry.clone(), fence, ttl).await;
+        let ttl = self.l1_ttl(entry.remaining(now_ms()), policy.l1_max_ttl);
+        let stored = self
+            .local
+            .insert(key, entry.clone(), fence, ttl, policy.max_stale)
+            .await;
         self.count_fill(key.kind().as_str(), "l1", stored);
         Lookup {
             entry,
@@ -423,7 +605,6 @@ impl Tiered {
                 // was fenced by an invalidation): what it read is not for us.
                 Ok((None, false)) => break "released",
                 Err(_) => {
-                    remote.report_failure();
                     break "released";
                 }
             }

@@ -122,6 +122,11 @@ impl From<CacheError> for ApiError {
     fn from(e: CacheError) -> Self {
         match e {
             CacheError::Load(store) => store.into(),
+            CacheError::Deadline => ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "timeout",
+                "The primary database did not answer in time and nothing servable is cached; retry shortly.",
+            ),
             other => {
                 // Cache-tier failures fall back to Postgres inside the cache; reaching here means
                 // a flight was lost, which a retry by the client resolves.

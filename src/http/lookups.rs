@@ -56,13 +56,21 @@ fn mode(headers: &HeaderMap) -> Mode {
     }
 }
 
+/// RFC 7234's warning 110, on answers served past their TTL because Postgres could not refresh
+/// them in time.
+const STALE_WARNING: &str = "110 sidecache \"Response is Stale\"";
+
 fn cache_headers(res: &mut Response, lookup: &Lookup) {
+    status_headers(res, lookup.status, lookup.entry.age_secs(now_ms()));
+}
+
+fn status_headers(res: &mut Response, status: CacheStatus, age: u64) {
     let h = res.headers_mut();
-    h.insert(X_CACHE, HeaderValue::from_static(lookup.status.as_str()));
-    h.insert(
-        header::AGE,
-        HeaderValue::from(lookup.entry.age_secs(now_ms())),
-    );
+    h.insert(X_CACHE, HeaderValue::from_static(status.as_str()));
+    h.insert(header::AGE, HeaderValue::from(age));
+    if status == CacheStatus::Stale {
+        h.insert(header::WARNING, HeaderValue::from_static(STALE_WARNING));
+    }
 }
 
 /// The answer for one cached lookup: 200 with the bytes, 304 if the client has them, or the
@@ -558,14 +566,15 @@ pub(super) async fn history(
     Ok(respond(lookup, &headers, lead_missing))
 }
 
-/// The least favourable of several statuses (for a composite answer's `x-cache`).
+/// The least favourable of several statuses (for a composite answer's `x-cache`). A stale part
+/// makes the whole answer stale: that is what a caller must be told.
 fn combine(a: CacheStatus, b: CacheStatus) -> CacheStatus {
     let rank = |s| match s {
         CacheStatus::HitL1 => 0,
         CacheStatus::HitL2 => 1,
-        CacheStatus::Stale => 2,
-        CacheStatus::Miss => 3,
-        CacheStatus::Bypass => 4,
+        CacheStatus::Miss => 2,
+        CacheStatus::Bypass => 3,
+        CacheStatus::Stale => 4,
     };
     if rank(b) > rank(a) {
         b
@@ -695,13 +704,12 @@ pub(super) async fn initiation(
     body.put_u8(b'}');
 
     let mut res = Response::new(axum::body::Body::from(body.freeze()));
+    status_headers(&mut res, status, age);
     let h = res.headers_mut();
     h.insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static("application/json"),
     );
-    h.insert(X_CACHE, HeaderValue::from_static(status.as_str()));
-    h.insert(header::AGE, HeaderValue::from(age));
     if let Ok(v) = HeaderValue::from_str(&detail) {
         h.insert("x-cache-detail", v);
     }

@@ -84,6 +84,8 @@ pub struct AppInner {
     pub instance: String,
     pub listener: Option<Arc<Listener>>,
     pub bus: Option<Arc<Bus>>,
+    /// Permits for API requests in flight (`server.max_concurrency`).
+    pub limiter: Arc<tokio::sync::Semaphore>,
 }
 
 /// Cheaply cloneable handle to the shared state.
@@ -126,7 +128,9 @@ pub fn router(state: AppState, body_limit: usize) -> Router {
             post(writes::create_conversation),
         )
         .route("/v1/conversations/{id}", patch(writes::update_conversation))
-        .route("/v1/calls/initiation", get(lookups::initiation));
+        .route("/v1/calls/initiation", get(lookups::initiation))
+        // Load shedding for the API only: health and metrics must answer under overload.
+        .route_layer(middleware::from_fn_with_state(state.clone(), limit));
     let ops = Router::new()
         .route("/healthz", get(ops::healthz))
         .route("/readyz", get(ops::readyz))
@@ -167,6 +171,29 @@ async fn method_not_allowed() -> ApiError {
         "method_not_allowed",
         "This route does not accept that method.",
     )
+}
+
+/// Answers 503 with `Retry-After` at once when `server.max_concurrency` requests are already in
+/// flight, instead of queueing without bound.
+async fn limit(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    let Ok(_permit) = state.limiter.clone().try_acquire_owned() else {
+        state.metrics.overload_rejections.inc();
+        return ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "overloaded",
+            "Too many requests are in flight; retry shortly.",
+        )
+        .into_response();
+    };
+    struct InFlight<'a>(&'a Metrics);
+    impl Drop for InFlight<'_> {
+        fn drop(&mut self) {
+            self.0.in_flight.dec();
+        }
+    }
+    state.metrics.in_flight.inc();
+    let _counted = InFlight(&state.metrics);
+    next.run(req).await
 }
 
 /// Counts and times every request by matched route, method and status.

@@ -20,11 +20,7 @@ pub(super) async fn readyz(State(state): State<AppState>) -> Response {
     let remote = state.cache.remote();
     let redis_connected = remote.is_some_and(|r| r.is_up());
     let owed = remote.is_some_and(|r| r.is_up() && !r.usable());
-    let breaker = match remote {
-        None => "disabled",
-        Some(r) if r.usable() => "closed",
-        Some(_) => "open",
-    };
+    let breaker = remote.map_or("disabled", |r| r.breaker_state().as_str());
     let coherence = state.cache.coherence();
     let (listener, bus) = (coherence.listener(), coherence.bus());
     let degraded = !pg_up

@@ -129,6 +129,9 @@ impl Store {
             .with_label_values(&[name])
             .observe(started.elapsed().as_secs_f64());
         out.map_err(|e| {
+            if matches!(e, sqlx::Error::PoolTimedOut) {
+                m.pg_pool_timeouts.inc();
+            }
             let err = StoreError::classify(e);
             if !matches!(err, StoreError::Conflict(_) | StoreError::Invalid(_)) {
                 m.pg_errors.with_label_values(&[name]).inc();

@@ -470,16 +470,7 @@ async fn a_key_is_loaded_once_per_fleet_while_its_lease_is_held() {
     let l = w.lead_id().to_owned();
     let path = format!("/v1/leads/{l}");
     // A's load holds the lease and stalls before filling.
-    let key = format!("lead:id:{l}");
-    let hook: FillHook = Arc::new(move |k: &CacheKey| {
-        let stall = k.as_str() == key;
-        Box::pin(async move {
-            if stall {
-                tokio::time::sleep(Duration::from_millis(400)).await;
-            }
-        })
-    });
-    a.state.cache.set_fill_hook(Some(hook));
+    a.delay_fills_of(format!("lead:id:{l}"), Duration::from_millis(400));
     let first = {
         let (client, url) = (a.client.clone(), format!("{}{path}", a.addr));
         tokio::spawn(async move { client.get(url).send().await.unwrap().status() })

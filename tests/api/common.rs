@@ -6,7 +6,7 @@
 #![allow(dead_code)]
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -132,7 +132,16 @@ pub async fn spawn_with_settings(settings: Settings) -> TestApp {
     let server = tokio::spawn(app.run_until(async move {
         let _ = stop_rx.await;
     }));
-    let db_url = settings.postgres.url.expose().to_owned();
+    // Assertions and clean-up talk to Postgres directly, even when the app goes through a relay.
+    let name = settings
+        .postgres
+        .url
+        .expose()
+        .rsplit('/')
+        .next()
+        .unwrap_or_default()
+        .to_owned();
+    let db_url = format!("{}/{name}", database_base_url());
     let db = PgPoolOptions::new()
         .max_connections(4)
         .connect(&db_url)
@@ -385,9 +394,30 @@ impl TestApp {
         }
     }
 
+    /// Holds every fill of the cache key `key` (its text, e.g. `lead:id:…`) for `by` after the
+    /// load, so that requests arriving meanwhile find the load in flight.
+    pub fn delay_fills_of(&self, key: String, by: Duration) {
+        let hook: sidecache::cache::FillHook = Arc::new(move |k: &sidecache::cache::CacheKey| {
+            let slow = k.as_str() == key;
+            Box::pin(async move {
+                if slow {
+                    tokio::time::sleep(by).await;
+                }
+            })
+        });
+        self.state.cache.set_fill_hook(Some(hook));
+    }
+
     /// Drops this instance's L1 (so the next read shows what L2 holds).
     pub fn flush_l1(&self) {
         self.state.cache.local().flush();
+    }
+
+    /// Asks the app to stop (as SIGTERM would) without waiting.
+    pub fn signal_stop(&mut self) {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
     }
 
     /// Stops the app and waits for it to finish.
@@ -399,6 +429,14 @@ impl TestApp {
             let _ = tokio::time::timeout(Duration::from_secs(10), h).await;
         }
     }
+}
+
+/// A client that opens a connection per concurrent request (no pooled connections shared).
+pub fn unpooled_client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .pool_max_idle_per_host(0)
+        .build()
+        .expect("client")
 }
 
 pub fn sum_metric(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
@@ -483,40 +521,84 @@ impl Drop for TestApp {
     }
 }
 
-/// A TCP relay in front of a dependency. `cut()` drops every open connection and refuses new
-/// ones (the dependency looks dead); `restore()` forwards again.
+/// A TCP relay in front of a dependency, to simulate its faults without touching the machine's
+/// own services: `cut()` drops every open connection and refuses new ones (the dependency looks
+/// dead); `blackhole()` accepts connections and forwards nothing (it hangs); `delay(d)` holds
+/// every answer for `d` (it is slow); `restore()` forwards again.
 pub struct Relay {
     pub addr: SocketAddr,
-    refusing: Arc<AtomicBool>,
+    mode: Arc<AtomicU64>,
     kill: broadcast::Sender<()>,
     task: tokio::task::JoinHandle<()>,
+}
+
+const FORWARD: u64 = 0;
+const REFUSE: u64 = 1;
+const BLACKHOLE: u64 = 2;
+/// Modes from here on are a delay of `mode - DELAY` milliseconds.
+const DELAY: u64 = 3;
+
+/// Copies one direction; `answers` is the upstream-to-client direction, which delays apply to.
+async fn pump(
+    mut from: tokio::net::tcp::OwnedReadHalf,
+    mut to: tokio::net::tcp::OwnedWriteHalf,
+    mode: Arc<AtomicU64>,
+    answers: bool,
+) {
+    use tokio::io::AsyncReadExt;
+    let mut buf = vec![0u8; 16 * 1024];
+    loop {
+        let n = match from.read(&mut buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => n,
+        };
+        loop {
+            match mode.load(Ordering::SeqCst) {
+                BLACKHOLE => tokio::time::sleep(Duration::from_millis(5)).await,
+                m if m >= DELAY && answers => {
+                    tokio::time::sleep(Duration::from_millis(m - DELAY)).await;
+                    break;
+                }
+                _ => break,
+            }
+        }
+        if to.write_all(&buf[..n]).await.is_err() {
+            return;
+        }
+    }
 }
 
 impl Relay {
     pub async fn start(upstream: SocketAddr) -> Relay {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let refusing = Arc::new(AtomicBool::new(false));
+        let mode = Arc::new(AtomicU64::new(FORWARD));
         let (kill, _) = broadcast::channel(1);
         let task = {
-            let refusing = refusing.clone();
+            let mode = mode.clone();
             let kill = kill.clone();
             tokio::spawn(async move {
                 loop {
                     let Ok((mut down, _)) = listener.accept().await else {
                         break;
                     };
-                    if refusing.load(Ordering::SeqCst) {
+                    if mode.load(Ordering::SeqCst) == REFUSE {
                         let _ = down.shutdown().await;
                         continue;
                     }
                     let mut killed = kill.subscribe();
+                    let mode = mode.clone();
                     tokio::spawn(async move {
-                        let Ok(mut up) = TcpStream::connect(upstream).await else {
+                        let Ok(up) = TcpStream::connect(upstream).await else {
                             return;
                         };
+                        let _ = up.set_nodelay(true);
+                        let _ = down.set_nodelay(true);
+                        let (down_r, down_w) = down.into_split();
+                        let (up_r, up_w) = up.into_split();
                         tokio::select! {
-                            _ = tokio::io::copy_bidirectional(&mut down, &mut up) => {}
+                            _ = pump(down_r, up_w, mode.clone(), false) => {}
+                            _ = pump(up_r, down_w, mode, true) => {}
                             _ = killed.recv() => {}
                         }
                     });
@@ -525,7 +607,7 @@ impl Relay {
         };
         Relay {
             addr,
-            refusing,
+            mode,
             kill,
             task,
         }
@@ -538,13 +620,29 @@ impl Relay {
         r
     }
 
+    /// The dependency dies: open connections drop, new ones are refused.
     pub fn cut(&self) {
-        self.refusing.store(true, Ordering::SeqCst);
+        self.mode.store(REFUSE, Ordering::SeqCst);
         let _ = self.kill.send(());
     }
 
+    /// The dependency hangs: connections are accepted, nothing comes back.
+    pub fn blackhole(&self) {
+        self.mode.store(BLACKHOLE, Ordering::SeqCst);
+    }
+
+    /// The dependency is slow: every answer is held for `by`.
+    pub fn delay(&self, by: Duration) {
+        self.mode
+            .store(DELAY + by.as_millis() as u64, Ordering::SeqCst);
+    }
+
+    /// Back to normal. Connections that lived through a black hole are dropped (what they had
+    /// sent is lost), so their clients reconnect cleanly.
     pub fn restore(&self) {
-        self.refusing.store(false, Ordering::SeqCst);
+        if self.mode.swap(FORWARD, Ordering::SeqCst) == BLACKHOLE {
+            let _ = self.kill.send(());
+        }
     }
 
     pub fn redis_url(&self) -> String {
