@@ -1,12 +1,15 @@
-//! Micro-benchmarks of the hot pieces: key building, phone normalization, entry encoding, L1 get.
+//! Micro-benchmarks of the hot pieces: key building, phone normalization (fresh and remembered),
+//! entry building and encoding, response assembly for a hit, L1 get.
 
 use std::sync::Arc;
 use std::time::Duration;
 
+use axum::http::HeaderMap;
 use bytes::Bytes;
 use criterion::{criterion_group, criterion_main, Criterion};
-use sidecache::cache::{CacheKey, Entry, Loaded, Local};
-use sidecache::domain::{LeadId, OrgId, PhoneNumber, Region};
+use sidecache::cache::{CacheKey, CacheStatus, Entry, Loaded, Local, Lookup};
+use sidecache::domain::{LeadId, OrgId, PhoneNumber, PhoneParser, Region};
+use sidecache::http::respond;
 
 fn bench(c: &mut Criterion) {
     let org = OrgId::new_random();
@@ -32,6 +35,35 @@ fn bench(c: &mut Criterion) {
         Duration::from_secs(60),
     );
     let encoded = entry.encode();
+    let parser = PhoneParser::new(Region::default());
+    c.bench_function("phone/parser_remembered", |b| {
+        b.iter(|| parser.parse(std::hint::black_box("+15551234567")))
+    });
+    c.bench_function("entry/from_loaded_600b", |b| {
+        b.iter(|| {
+            Entry::from_loaded(
+                Loaded::Found {
+                    body: Bytes::from_static(&[b'x'; 600]),
+                    etag: "\"3\"".into(),
+                },
+                Duration::from_secs(60),
+            )
+        })
+    });
+    let shared = Arc::new(entry.clone());
+    let no_headers = HeaderMap::new();
+    c.bench_function("response/assemble_l1_hit", |b| {
+        b.iter(|| {
+            respond(
+                Lookup {
+                    entry: shared.clone(),
+                    status: CacheStatus::HitL1,
+                },
+                &no_headers,
+                || unreachable!("found"),
+            )
+        })
+    });
     c.bench_function("entry/encode_600b", |b| {
         b.iter(|| std::hint::black_box(&entry).encode())
     });

@@ -7,6 +7,11 @@ use sidecache::cli::{Cli, Command, ServeArgs};
 use sidecache::config::Settings;
 use sidecache::{seed, startup, telemetry};
 
+// Every request allocates a little (headers, keys, futures); glibc's malloc was ~10 % of an L1
+// hit's CPU in profiles, mimalloc's thread-local free lists make that cheaper.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let settings = match Settings::from_process(cli.config.as_deref(), &cli.overrides()) {

@@ -187,7 +187,7 @@ impl Application {
             store,
             invalidator,
             metrics,
-            region: settings.region(),
+            phones: crate::domain::PhoneParser::new(settings.region()),
             health,
             redis_enabled: settings.redis.enabled,
             instance,

@@ -14,7 +14,9 @@ pub enum Loaded {
     NotFound,
 }
 
-/// A cached answer.
+/// A cached answer. Its bytes are the Redis form (header, etag, body) in one buffer, built once
+/// when the value is loaded; `body` and `etag` are slices of it, so an entry is one allocation,
+/// an L1 hit copies nothing and a Redis fill sends the same buffer.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Entry {
     /// The JSON body; empty for a negative entry.
@@ -27,6 +29,8 @@ pub struct Entry {
     pub loaded_at_ms: u64,
     /// When the value stops being fresh (Unix ms).
     pub expires_at_ms: u64,
+    /// The whole Redis form that `body` and `etag` point into.
+    raw: Bytes,
 }
 
 const MAGIC: &[u8; 3] = b"SC1";
@@ -37,22 +41,21 @@ impl Entry {
     pub fn from_loaded(loaded: Loaded, ttl: Duration) -> Self {
         let now = now_ms();
         let expires_at_ms = now.saturating_add(ttl.as_millis() as u64);
-        match loaded {
-            Loaded::Found { body, etag } => Entry {
-                body,
-                etag: Bytes::from(etag),
-                negative: false,
-                loaded_at_ms: now,
-                expires_at_ms,
-            },
-            Loaded::NotFound => Entry {
-                body: Bytes::new(),
-                etag: Bytes::new(),
-                negative: true,
-                loaded_at_ms: now,
-                expires_at_ms,
-            },
-        }
+        let (negative, etag, body) = match &loaded {
+            Loaded::Found { body, etag } => (false, etag.as_bytes(), &body[..]),
+            Loaded::NotFound => (true, &b""[..], &b""[..]),
+        };
+        let etag = &etag[..etag.len().min(255)];
+        let mut buf = BytesMut::with_capacity(HEADER + etag.len() + body.len());
+        buf.put_slice(MAGIC);
+        buf.put_u8(u8::from(negative));
+        buf.put_u64(now);
+        buf.put_u64(expires_at_ms);
+        buf.put_u8(etag.len() as u8);
+        buf.put_slice(etag);
+        buf.put_slice(body);
+        // Just built in the form `decode` reads.
+        Self::decode(buf.freeze()).unwrap_or_else(|| unreachable!("a freshly encoded entry"))
     }
 
     /// Time left until the entry stops being fresh (zero if already past).
@@ -79,16 +82,7 @@ impl Entry {
 
     /// The Redis form: `SC1`, flags, loaded-at, expires-at, etag length, etag, body.
     pub fn encode(&self) -> Bytes {
-        let etag_len = self.etag.len().min(255);
-        let mut buf = BytesMut::with_capacity(HEADER + etag_len + self.body.len());
-        buf.put_slice(MAGIC);
-        buf.put_u8(u8::from(self.negative));
-        buf.put_u64(self.loaded_at_ms);
-        buf.put_u64(self.expires_at_ms);
-        buf.put_u8(etag_len as u8);
-        buf.put_slice(&self.etag[..etag_len]);
-        buf.put_slice(&self.body);
-        buf.freeze()
+        self.raw.clone()
     }
 
     /// Parses the Redis form without copying the body. `None` for anything malformed (a value
@@ -116,12 +110,13 @@ impl Entry {
             negative,
             loaded_at_ms,
             expires_at_ms,
+            raw,
         })
     }
 
-    /// Approximate memory held by this entry (for the L1 weigher and byte gauges).
+    /// Memory held by this entry: its buffer and itself (for the L1 weigher and byte gauges).
     pub fn weight(&self) -> usize {
-        self.body.len() + self.etag.len() + std::mem::size_of::<Self>()
+        self.raw.len() + std::mem::size_of::<Self>()
     }
 }
 
@@ -154,6 +149,22 @@ mod tests {
     }
 
     #[test]
+    fn one_buffer_backs_body_etag_and_the_redis_form() {
+        let e = Entry::from_loaded(
+            Loaded::Found {
+                body: Bytes::from_static(br#"{"a":1}"#),
+                etag: "\"3\"".into(),
+            },
+            Duration::from_secs(10),
+        );
+        assert_eq!(&e.body[..], br#"{"a":1}"#);
+        assert_eq!(&e.etag[..], b"\"3\"");
+        let raw = e.encode();
+        assert_eq!(raw.as_ptr(), e.raw.as_ptr(), "encoding copies nothing");
+        assert!(raw.as_ptr_range().contains(&e.body.as_ptr()));
+    }
+
+    #[test]
     fn rejects_foreign_or_truncated_bytes() {
         assert!(Entry::decode(Bytes::from_static(b"hello")).is_none());
         assert!(Entry::decode(Bytes::new()).is_none());
@@ -174,11 +185,9 @@ mod tests {
     #[test]
     fn age_and_remaining() {
         let e = Entry {
-            body: Bytes::new(),
-            etag: Bytes::new(),
-            negative: false,
             loaded_at_ms: 1_000,
             expires_at_ms: 11_000,
+            ..Entry::from_loaded(Loaded::NotFound, Duration::ZERO)
         };
         assert_eq!(e.age_secs(3_500), 2);
         assert_eq!(e.remaining(6_000), Duration::from_secs(5));

@@ -12,7 +12,7 @@ pub use change::{Change, Commit, Op, TxId};
 pub use channel::{Channel, Direction, LeadStatus};
 pub use ids::{ConversationId, LeadId, OrgId};
 pub use models::{Conversation, Lead, Organization};
-pub use phone::{PhoneError, PhoneNumber, Region};
+pub use phone::{PhoneError, PhoneNumber, PhoneParser, Region};
 
 /// A value that could not be parsed from client input; the message is safe to show to clients.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

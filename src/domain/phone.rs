@@ -2,8 +2,10 @@
 //! `(555) 123-4567` with default region US) becomes one canonical value, and therefore one cache
 //! key.
 
+use std::collections::HashMap;
 use std::fmt;
 use std::str::FromStr;
+use std::sync::RwLock;
 
 use serde::{Serialize, Serializer};
 
@@ -131,9 +133,88 @@ impl Serialize for PhoneNumber {
     }
 }
 
+/// Parses phone numbers for one default region and remembers recent spellings: webhooks ask
+/// about the same numbers over and over, and a full parse costs about a microsecond, more than
+/// the rest of an L1 hit's own work. Parsing is a pure function of the spelling, so a remembered
+/// answer is always the right one.
+#[derive(Debug)]
+pub struct PhoneParser {
+    region: Region,
+    // A std RwLock: held for one lookup or insert, never across an await.
+    seen: RwLock<HashMap<Box<str>, PhoneNumber>>,
+}
+
+/// Spellings remembered before the memory is cleared and starts again (a few MB at most).
+const REMEMBERED: usize = 65_536;
+
+impl PhoneParser {
+    pub fn new(region: Region) -> Self {
+        PhoneParser {
+            region,
+            seen: RwLock::new(HashMap::new()),
+        }
+    }
+
+    pub fn region(&self) -> Region {
+        self.region
+    }
+
+    /// [`PhoneNumber::parse`] with the parser's region, remembered.
+    pub fn parse(&self, raw: &str) -> Result<PhoneNumber, PhoneError> {
+        if let Some(p) = self.seen.read().unwrap_or_else(|p| p.into_inner()).get(raw) {
+            return Ok(p.clone());
+        }
+        let parsed = PhoneNumber::parse(raw, self.region)?;
+        let mut seen = self.seen.write().unwrap_or_else(|p| p.into_inner());
+        if seen.len() >= REMEMBERED {
+            seen.clear();
+        }
+        seen.insert(raw.into(), parsed.clone());
+        Ok(parsed)
+    }
+
+    /// [`PhoneNumber::parse_query_value`] with the parser's region, remembered.
+    pub fn parse_query_value(&self, raw: &str) -> Result<PhoneNumber, PhoneError> {
+        match raw.strip_prefix(' ') {
+            Some(rest) if rest.starts_with(|c: char| c.is_ascii_digit()) => {
+                self.parse(&format!("+{rest}"))
+            }
+            _ => self.parse(raw),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_parser_remembers_and_agrees_with_a_fresh_parse() {
+        let parser = PhoneParser::new(Region::default());
+        for raw in [
+            "+15551234567",
+            "(555) 123-4567",
+            "+1 (555) 123-4567",
+            "+44 20 7946 0958",
+        ] {
+            let fresh = PhoneNumber::parse(raw, Region::default()).unwrap();
+            assert_eq!(parser.parse(raw).unwrap(), fresh, "{raw}");
+            assert_eq!(parser.parse(raw).unwrap(), fresh, "{raw}, remembered");
+        }
+        assert!(parser.parse("not a phone").is_err());
+        assert!(
+            parser.parse("not a phone").is_err(),
+            "errors are not remembered as numbers"
+        );
+        assert_eq!(
+            parser.parse_query_value(" 15551234567").unwrap().as_str(),
+            "+15551234567"
+        );
+        for i in 0..(REMEMBERED + 10) {
+            parser.parse(&format!("+1555{i:07}")).unwrap();
+        }
+        assert!(parser.seen.read().unwrap().len() <= REMEMBERED, "bounded");
+    }
 
     fn us(s: &str) -> Result<String, PhoneError> {
         PhoneNumber::parse(s, Region::default()).map(|p| p.to_string())

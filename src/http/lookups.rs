@@ -75,7 +75,11 @@ fn status_headers(res: &mut Response, status: CacheStatus, age: u64) {
 
 /// The answer for one cached lookup: 200 with the bytes, 304 if the client has them, or the
 /// kind's 404 for a negative entry.
-fn respond(lookup: Lookup, headers: &HeaderMap, missing: impl FnOnce() -> ApiError) -> Response {
+pub fn respond(
+    lookup: Lookup,
+    headers: &HeaderMap,
+    missing: impl FnOnce() -> ApiError,
+) -> Response {
     let entry = &lookup.entry;
     let mut res = if entry.negative {
         missing().into_response()
@@ -99,7 +103,9 @@ fn respond(lookup: Lookup, headers: &HeaderMap, missing: impl FnOnce() -> ApiErr
 }
 
 fn phone_param(state: &AppState, raw: &str) -> Result<PhoneNumber, ApiError> {
-    PhoneNumber::parse(raw, state.region)
+    state
+        .phones
+        .parse(raw)
         .map_err(|e| ApiError::bad_request("invalid_phone", e.to_string()))
 }
 
@@ -114,7 +120,9 @@ fn phone_query(
             format!("The `{name}` query parameter is required."),
         )
     })?;
-    PhoneNumber::parse_query_value(raw, state.region)
+    state
+        .phones
+        .parse_query_value(raw)
         .map_err(|e| ApiError::bad_request("invalid_phone", format!("{name}: {e}")))
 }
 

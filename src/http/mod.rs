@@ -21,9 +21,12 @@ use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 
 pub use error::ApiError;
+/// The answer for one cached lookup (exposed for the micro-benchmarks).
+#[doc(hidden)]
+pub use lookups::respond;
 
 use crate::cache::Tiered;
-use crate::domain::Region;
+use crate::domain::PhoneParser;
 use crate::invalidation::{Bus, Invalidator, Listener};
 use crate::metrics::Metrics;
 use crate::store::Store;
@@ -77,7 +80,8 @@ pub struct AppInner {
     pub store: Store,
     pub invalidator: Invalidator,
     pub metrics: Arc<Metrics>,
-    pub region: Region,
+    /// Phone numbers parsed with `cache.default_region`, recent spellings remembered.
+    pub phones: PhoneParser,
     pub health: Arc<Health>,
     pub redis_enabled: bool,
     /// This process's id (leases, bus messages, `application_name`).
@@ -128,9 +132,7 @@ pub fn router(state: AppState, body_limit: usize) -> Router {
             post(writes::create_conversation),
         )
         .route("/v1/conversations/{id}", patch(writes::update_conversation))
-        .route("/v1/calls/initiation", get(lookups::initiation))
-        // Load shedding for the API only: health and metrics must answer under overload.
-        .route_layer(middleware::from_fn_with_state(state.clone(), limit));
+        .route("/v1/calls/initiation", get(lookups::initiation));
     let ops = Router::new()
         .route("/healthz", get(ops::healthz))
         .route("/readyz", get(ops::readyz))
@@ -173,46 +175,51 @@ async fn method_not_allowed() -> ApiError {
     )
 }
 
-/// Answers 503 with `Retry-After` at once when `server.max_concurrency` requests are already in
-/// flight, instead of queueing without bound.
-async fn limit(State(state): State<AppState>, req: Request, next: Next) -> Response {
-    let Ok(_permit) = state.limiter.clone().try_acquire_owned() else {
-        state.metrics.overload_rejections.inc();
-        return ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "overloaded",
-            "Too many requests are in flight; retry shortly.",
-        )
-        .into_response();
-    };
-    struct InFlight<'a>(&'a Metrics);
-    impl Drop for InFlight<'_> {
-        fn drop(&mut self) {
-            self.0.in_flight.dec();
-        }
-    }
-    state.metrics.in_flight.inc();
-    let _counted = InFlight(&state.metrics);
-    next.run(req).await
-}
-
-/// Counts and times every request by matched route, method and status.
+/// Counts and times every request by matched route, method and status, and sheds load: an API
+/// request that finds `server.max_concurrency` others in flight is answered 503 with
+/// `Retry-After` at once instead of queueing without bound (health and metrics always answer).
+/// One middleware for both, since every layer costs on the hot path.
 async fn track(State(state): State<AppState>, req: Request, next: Next) -> Response {
     let started = Instant::now();
-    let route = req
-        .extensions()
-        .get::<MatchedPath>()
-        .map(|p| p.as_str().to_owned())
-        .unwrap_or_else(|| "unmatched".to_owned());
+    let route = req.extensions().get::<MatchedPath>().cloned();
+    let route = route.as_ref().map_or("unmatched", MatchedPath::as_str);
     let method = req.method().clone();
-    let res = next.run(req).await;
+    let res = if route.starts_with("/v1/") {
+        match state.limiter.clone().try_acquire_owned() {
+            Ok(_permit) => {
+                state.metrics.in_flight.inc();
+                let _counted = InFlight(&state.metrics);
+                next.run(req).await
+            }
+            Err(_) => {
+                state.metrics.overload_rejections.inc();
+                ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "overloaded",
+                    "Too many requests are in flight; retry shortly.",
+                )
+                .into_response()
+            }
+        }
+    } else {
+        next.run(req).await
+    };
     let status = res.status();
-    let labels = [route.as_str(), method.as_str(), status.as_str()];
+    let labels = [route, method.as_str(), status.as_str()];
     state.metrics.http_requests.with_label_values(&labels).inc();
     state
         .metrics
         .http_duration
         .with_label_values(&labels)
         .observe(started.elapsed().as_secs_f64());
-    res.into_response()
+    res
+}
+
+/// Keeps the in-flight gauge right even if the handler is dropped mid-request.
+struct InFlight<'a>(&'a Metrics);
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.in_flight.dec();
+    }
 }

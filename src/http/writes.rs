@@ -65,7 +65,9 @@ fn not_null<T>(field: &str, v: Option<Option<T>>) -> Result<Option<T>, ApiError>
 }
 
 fn phone(state: &AppState, v: &str) -> Result<PhoneNumber, ApiError> {
-    PhoneNumber::parse(v, state.region)
+    state
+        .phones
+        .parse(v)
         .map_err(|e| ApiError::bad_request("invalid_phone", e.to_string()))
 }
 

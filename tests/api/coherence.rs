@@ -190,9 +190,10 @@ async fn own_writes_are_not_invalidated_twice() {
     let a = spawn_app().await;
     let w = world(&a).await;
     let path = format!("/v1/leads/{}", w.lead_id());
-    let before = a
-        .metric("sidecache_outbox_rows_total", &[("action", "own_write")])
-        .await;
+    let own = || a.metric("sidecache_outbox_rows_total", &[("action", "own_write")]);
+    // The world's own four writes (organization, lead, two conversations) come through first.
+    assert!(eventually(BOUND, || async { own().await == 4.0 }).await);
+    let before = own().await;
     for i in 0..5 {
         let r = a.patch(&path, json!({"first_name": format!("N{i}")})).await;
         assert_eq!(r.status, StatusCode::OK);
@@ -200,14 +201,14 @@ async fn own_writes_are_not_invalidated_twice() {
     // The listener sees each write's row, written under this instance's application_name, and
     // leaves it alone: the write route has dropped everything already.
     assert!(
-        eventually(BOUND, || async {
-            a.metric("sidecache_outbox_rows_total", &[("action", "own_write")])
-                .await
-                - before
-                == 5.0
-        })
-        .await,
+        eventually(BOUND, || async { own().await - before == 5.0 }).await,
         "the listener skipped the instance's own writes"
+    );
+    assert_eq!(
+        a.metric("sidecache_outbox_rows_total", &[("action", "applied")])
+            .await,
+        0.0,
+        "and applied none of them a second time"
     );
 }
 
