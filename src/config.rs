@@ -80,6 +80,35 @@ impl Serialize for SecretUrl {
     }
 }
 
+/// A secret that is not a URL (the admin token): shown as `***` when set, never in clear.
+#[derive(Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(s: impl Into<String>) -> Self {
+        Secret(s.into())
+    }
+    /// The real value, for comparing. Never log it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+    pub fn is_set(&self) -> bool {
+        !self.0.is_empty()
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(if self.is_set() { "\"***\"" } else { "\"\"" })
+    }
+}
+impl Serialize for Secret {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(if self.is_set() { "***" } else { "" })
+    }
+}
+
 /// Accepts `true`/`false`, `1`/`0`, `yes`/`no`, `on`/`off` (any case), as env vars are written.
 fn flexible_bool<'de, D: Deserializer<'de>>(d: D) -> Result<bool, D::Error> {
     struct V;
@@ -365,6 +394,14 @@ impl CoherenceSettings {
     }
 }
 
+/// The operator surface under `/admin`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdminSettings {
+    /// Bearer token for `/admin`; empty = the admin routes are not mounted at all.
+    pub token: Secret,
+}
+
 /// Log output format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -399,6 +436,7 @@ pub struct Settings {
     pub redis: RedisSettings,
     pub cache: CacheSettings,
     pub coherence: CoherenceSettings,
+    pub admin: AdminSettings,
     pub log: LogSettings,
 }
 
@@ -453,6 +491,7 @@ const ENV_SINGLES: &[(&str, &str)] = &[
     ("REDIS_URL", "redis.url"),
     ("REDIS_ENABLED", "redis.enabled"),
     ("SIDECACHE_LISTEN", "server.listen"),
+    ("SIDECACHE_ADMIN_TOKEN", "admin.token"),
 ];
 
 impl Settings {
@@ -696,6 +735,15 @@ impl Settings {
             return Err(fail(
                 "cache.l1_max_ttl_secs",
                 "must be greater than 0".into(),
+            ));
+        }
+        let token = self.admin.token.expose();
+        if self.admin.token.is_set()
+            && (token.len() < 16 || token.chars().any(|c| c.is_whitespace() || c.is_control()))
+        {
+            return Err(fail(
+                "admin.token",
+                "must be at least 16 characters, without spaces".into(),
             ));
         }
         let co = &self.coherence;

@@ -92,6 +92,7 @@ pub struct Metrics {
     refresh_failures: Vec<IntCounter>,
     pub pg_pool_timeouts: IntCounter,
     pub overload_rejections: IntCounter,
+    pub admin_auth_failures: IntCounter,
     pub in_flight: IntGauge,
     pub l1_entries: IntGauge,
     pub l1_bytes: IntGauge,
@@ -275,6 +276,13 @@ impl Metrics {
         .expect("valid metric definition");
         r.register(Box::new(overload_rejections.clone()))
             .expect("metric registered once");
+        let admin_auth_failures = IntCounter::new(
+            "sidecache_admin_auth_failures_total",
+            "Requests to /admin refused for a missing or wrong bearer token (401).",
+        )
+        .expect("valid metric definition");
+        r.register(Box::new(admin_auth_failures.clone()))
+            .expect("metric registered once");
         let in_flight = gauge(
             &r,
             "sidecache_http_requests_in_flight",
@@ -439,6 +447,7 @@ impl Metrics {
             refresh_failures,
             pg_pool_timeouts,
             overload_rejections,
+            admin_auth_failures,
             in_flight,
             l1_entries,
             l1_bytes,
@@ -469,6 +478,11 @@ impl Metrics {
             CacheStatus::Stale => 4,
         };
         self.lookups[kind.index()][i].inc();
+    }
+
+    /// Lookups of `kind` so far, in the order of [`LOOKUP_RESULTS`].
+    pub fn lookup_counts(&self, kind: Kind) -> [u64; 5] {
+        self.lookups[kind.index()].each_ref().map(IntCounter::get)
     }
 
     pub fn fill_duration(&self, kind: Kind) -> &Histogram {

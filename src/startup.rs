@@ -194,6 +194,10 @@ impl Application {
             listener,
             bus: bus.map(|(b, _)| b),
             limiter: Arc::new(tokio::sync::Semaphore::new(settings.server.max_concurrency)),
+            admin_token: settings.admin.token.clone(),
+            postgres_url: settings.postgres.url.redacted(),
+            redis_url: settings.redis.url.redacted(),
+            l1_max_bytes: settings.cache.l1_max_bytes,
         }));
         let addr = settings.listen_addr();
         let listener = TcpListener::bind(addr)

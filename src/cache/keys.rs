@@ -48,6 +48,30 @@ impl Kind {
         }
     }
 
+    /// The start of every key of this kind (after the namespace prefix).
+    pub fn key_prefix(self) -> &'static str {
+        match self {
+            Kind::LeadByPhone => "lead:phone:",
+            Kind::LeadById => "lead:id:",
+            Kind::OrgByPhone => "org:phone:",
+            Kind::OrgById => "org:id:",
+            Kind::Context => "context:",
+            Kind::Summary => "summary:",
+            Kind::Greeting => "greeting:",
+            Kind::History => "history:",
+        }
+    }
+
+    /// Parses the label form (`lead_phone`, `context`, ...).
+    pub fn parse(label: &str) -> Option<Self> {
+        Kind::ALL.into_iter().find(|k| k.as_str() == label)
+    }
+
+    /// Hash of the kind's L1 generation slot (a space of its own, like tags').
+    pub fn hash64(self) -> u64 {
+        fnv1a_from(fnv1a(b"kind:"), self.as_str().as_bytes())
+    }
+
     /// Position in [`Kind::ALL`].
     pub fn index(self) -> usize {
         self as usize
@@ -175,7 +199,11 @@ impl Tag {
 
 /// FNV-1a: tiny, stable across processes and builds, good enough to spread keys over stripes.
 pub fn fnv1a(bytes: &[u8]) -> u64 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    fnv1a_from(0xcbf2_9ce4_8422_2325, bytes)
+}
+
+/// FNV-1a continued from `h`: `fnv1a_from(fnv1a(a), b) == fnv1a(a ++ b)`.
+fn fnv1a_from(mut h: u64, bytes: &[u8]) -> u64 {
     for b in bytes {
         h ^= u64::from(*b);
         h = h.wrapping_mul(0x0100_0000_01b3);

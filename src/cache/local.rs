@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use moka::future::Cache;
 
 use super::entry::{now_ms, Entry};
-use super::keys::{CacheKey, Tag};
+use super::keys::{CacheKey, Kind, Tag};
 
 const STRIPES: usize = 1 << 16;
 
@@ -24,8 +24,8 @@ const STRIPES: usize = 1 << 16;
 /// what L1 really holds.
 const ENTRY_OVERHEAD: usize = 550;
 
-/// The generations a fill observed before loading: its key, its tags, and the flush epoch. Kept
-/// inline (no allocation) for a key and up to two tags, which is every kind's case.
+/// The generations a fill observed before loading: its key, its kind, its tags, and the flush
+/// epoch. Kept inline (no allocation) for up to two tags, which is every kind's case.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Fence {
     epoch: u64,
@@ -34,7 +34,7 @@ pub struct Fence {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Slots {
-    Inline([(u32, u64); 3], u8),
+    Inline([(u32, u64); 4], u8),
     Heap(Vec<(u32, u64)>),
 }
 
@@ -142,13 +142,15 @@ impl Local {
             let s = Self::stripe(hash);
             (s as u32, self.stripes[s].load(Ordering::SeqCst))
         };
-        let hashes = std::iter::once(key.hash64()).chain(tags.iter().map(Tag::hash64));
-        let slots = if tags.len() < 3 {
-            let mut a = [(0, 0); 3];
+        let hashes = [key.hash64(), key.kind().hash64()]
+            .into_iter()
+            .chain(tags.iter().map(Tag::hash64));
+        let slots = if tags.len() <= 2 {
+            let mut a = [(0, 0); 4];
             for (i, h) in hashes.enumerate() {
                 a[i] = slot(h);
             }
-            Slots::Inline(a, 1 + tags.len() as u8)
+            Slots::Inline(a, 2 + tags.len() as u8)
         } else {
             Slots::Heap(hashes.map(slot).collect())
         };
@@ -223,6 +225,11 @@ impl Local {
     /// Drops every entry carrying the tag (lazily: they fail the fence check on read).
     pub fn invalidate_tag(&self, tag: &Tag) {
         self.stripes[Self::stripe(tag.hash64())].fetch_add(1, Ordering::SeqCst);
+    }
+
+    /// Drops every entry of a kind (lazily: they fail the fence check on read).
+    pub fn invalidate_kind(&self, kind: Kind) {
+        self.stripes[Self::stripe(kind.hash64())].fetch_add(1, Ordering::SeqCst);
     }
 
     /// Drops everything.

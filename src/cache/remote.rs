@@ -20,7 +20,7 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::Script;
 
 use super::breaker::{Breaker, BreakerConfig, BreakerState, Transition};
-use super::keys::{CacheKey, Tag};
+use super::keys::{CacheKey, Kind, Tag};
 use super::CacheError;
 use crate::domain::TxId;
 use crate::metrics::Metrics;
@@ -39,7 +39,7 @@ const MARKER_TTL: Duration = Duration::from_secs(600);
 const CHUNK: usize = 500;
 
 const READ_LUA: &str = r#"
--- KEYS: value, lease, key fence, tag fences (n)
+-- KEYS: value, lease, fences (key, kind, namespace epoch, then one per tag)
 -- ARGV: lease token, lease ttl ms (0 = take no lease)
 -- Returns: {value or false, lease (1 taken, 0 held by another, -1 not asked), fence tokens...}
 local v = redis.call('GET', KEYS[1])
@@ -52,18 +52,17 @@ return out
 "#;
 
 const FILL_LUA: &str = r#"
--- KEYS: value, lease, key fence, tag fences (n), tag member sets (n)
--- ARGV: payload, ttl ms, lease token ('' = none), key fence token, tag fence tokens (n)
-local n = (#KEYS - 3) / 2
+-- KEYS: value, lease, fences (f: key, kind, namespace epoch, then one per tag), tag member sets
+-- ARGV: payload, ttl ms, lease token ('' = none), fence tokens (f)
+local nf = #ARGV - 3
 local function cur(k) return tonumber(redis.call('GET', k) or '0') end
 if ARGV[3] ~= '' and redis.call('GET', KEYS[2]) == ARGV[3] then redis.call('DEL', KEYS[2]) end
-if cur(KEYS[3]) ~= tonumber(ARGV[4]) then return 0 end
-for i = 1, n do
-  if cur(KEYS[3 + i]) ~= tonumber(ARGV[4 + i]) then return 0 end
+for i = 1, nf do
+  if cur(KEYS[2 + i]) ~= tonumber(ARGV[3 + i]) then return 0 end
 end
 redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
-for i = 1, n do
-  local m = KEYS[3 + n + i]
+for i = 3 + nf, #KEYS do
+  local m = KEYS[i]
   redis.call('SADD', m, KEYS[1])
   if redis.call('PTTL', m) < tonumber(ARGV[2]) then redis.call('PEXPIRE', m, ARGV[2]) end
 end
@@ -348,6 +347,25 @@ impl Remote {
         self.conn.get().cloned().ok_or(CacheError::Unavailable)
     }
 
+    fn kind_fence_key(&self, kind: Kind) -> String {
+        format!("{}kindfence:{}", self.prefix, kind.as_str())
+    }
+    /// Moved by a flush of the whole namespace. Outside `{prefix}` so the flush does not delete it.
+    fn epoch_key(&self) -> String {
+        format!("{}epoch", self.prefix.trim_end_matches(':'))
+    }
+
+    /// The fences a value depends on, in the order the scripts and `L2Read::tokens` use: its
+    /// key, its kind, the namespace epoch, then one per tag.
+    fn fence_keys(&self, inv: &mut redis::ScriptInvocation<'_>, key: &CacheKey, tags: &[Tag]) {
+        inv.key(self.fence_key(key))
+            .key(self.kind_fence_key(key.kind()))
+            .key(self.epoch_key());
+        for t in tags {
+            inv.key(self.tag_fence_key(t));
+        }
+    }
+
     fn lease_key(&self, key: &CacheKey) -> String {
         format!("{}lease:{}", self.prefix, key.as_str())
     }
@@ -365,12 +383,8 @@ impl Remote {
     ) -> Result<L2Read, CacheError> {
         let mut conn = self.conn()?;
         let mut inv = self.read_script.prepare_invoke();
-        inv.key(self.value_key(key))
-            .key(self.lease_key(key))
-            .key(self.fence_key(key));
-        for t in tags {
-            inv.key(self.tag_fence_key(t));
-        }
+        inv.key(self.value_key(key)).key(self.lease_key(key));
+        self.fence_keys(&mut inv, key, tags);
         let (token, ttl) = lease.unwrap_or(("", Duration::ZERO));
         inv.arg(token).arg(ttl.as_millis() as u64);
         let raw: Vec<redis::Value> = self.run("read", inv.invoke_async(&mut conn)).await?;
@@ -448,12 +462,8 @@ impl Remote {
     ) -> Result<bool, CacheError> {
         let mut conn = self.conn()?;
         let mut inv = self.fill_script.prepare_invoke();
-        inv.key(self.value_key(key))
-            .key(self.lease_key(key))
-            .key(self.fence_key(key));
-        for t in tags {
-            inv.key(self.tag_fence_key(t));
-        }
+        inv.key(self.value_key(key)).key(self.lease_key(key));
+        self.fence_keys(&mut inv, key, tags);
         for t in tags {
             inv.key(self.tag_members_key(t));
         }
@@ -592,22 +602,79 @@ impl Remote {
         self.run("publish", pipe.query_async::<()>(&mut conn)).await
     }
 
-    /// Removes every key of this namespace (admin flush): SCANs only keys under the prefix, on
-    /// a control-plane connection so the lookups' multiplexed connection is not held up.
+    /// Drops every value of `kind` (admin): moves the kind's fence first, so no fill that read
+    /// Postgres before this lands, then deletes the kind's values by SCANning this namespace for
+    /// its key prefix (never the whole keyspace), moving each key's fence as it goes.
+    pub async fn invalidate_kind(&self, kind: Kind) -> Result<u64, CacheError> {
+        let mut conn = self.conn()?;
+        let mut bump = redis::pipe();
+        bump.cmd("INCR")
+            .arg(self.kind_fence_key(kind))
+            .ignore()
+            .cmd("PEXPIRE")
+            .arg(self.kind_fence_key(kind))
+            .arg(FENCE_TTL.as_millis() as u64)
+            .ignore();
+        self.run("invalidate", bump.query_async::<()>(&mut conn))
+            .await?;
+        let pattern = format!("{}{}*", self.prefix, kind.key_prefix());
+        let mut dropped = 0;
+        for keys in self.scan(&pattern).await? {
+            let keys: Vec<CacheKey> = keys
+                .iter()
+                .filter_map(|k| CacheKey::parse(&k[self.prefix.len()..]))
+                .filter(|k| k.kind() == kind)
+                .collect();
+            let d = Deletion {
+                keys,
+                tags: Vec::new(),
+            };
+            if let Dropped::Entries(n) = self.try_invalidate(&d, &Marker::None).await? {
+                dropped += n;
+            }
+        }
+        Ok(dropped)
+    }
+
+    /// Removes every key of this namespace (admin flush): moves the namespace epoch first (no
+    /// fill that read Postgres before the flush lands), then SCANs only keys under the prefix
+    /// and unlinks them, on a control-plane connection so lookups are not held up.
     pub async fn flush_namespace(&self) -> Result<u64, CacheError> {
+        let mut conn = self.conn()?;
+        let mut bump = redis::cmd("INCR");
+        bump.arg(self.epoch_key());
+        self.run("invalidate", bump.query_async::<i64>(&mut conn))
+            .await?;
+        let mut removed = 0u64;
+        let mut pool = self
+            .pool
+            .get()
+            .await
+            .map_err(|e| CacheError::Redis(e.to_string()))?;
+        for keys in self.scan(&format!("{}*", self.prefix)).await? {
+            removed += redis::cmd("UNLINK")
+                .arg(&keys)
+                .query_async::<u64>(&mut pool)
+                .await
+                .map_err(|e| CacheError::Redis(e.to_string()))?;
+        }
+        Ok(removed)
+    }
+
+    /// Every key matching `pattern`, in SCAN batches, over a control-plane connection.
+    async fn scan(&self, pattern: &str) -> Result<Vec<Vec<String>>, CacheError> {
         let mut conn = self
             .pool
             .get()
             .await
             .map_err(|e| CacheError::Redis(e.to_string()))?;
-        let pattern = format!("{}*", self.prefix);
         let mut cursor: u64 = 0;
-        let mut removed = 0u64;
+        let mut batches = Vec::new();
         loop {
             let mut cmd = redis::cmd("SCAN");
             cmd.arg(cursor)
                 .arg("MATCH")
-                .arg(&pattern)
+                .arg(pattern)
                 .arg("COUNT")
                 .arg(1000);
             let (next, keys): (u64, Vec<String>) = cmd
@@ -615,18 +682,14 @@ impl Remote {
                 .await
                 .map_err(|e| CacheError::Redis(e.to_string()))?;
             if !keys.is_empty() {
-                removed += redis::cmd("UNLINK")
-                    .arg(&keys)
-                    .query_async::<u64>(&mut conn)
-                    .await
-                    .map_err(|e| CacheError::Redis(e.to_string()))?;
+                batches.push(keys);
             }
             if next == 0 {
                 break;
             }
             cursor = next;
         }
-        Ok(removed)
+        Ok(batches)
     }
 
     /// One health probe: connects if never connected, else PINGs over the data connection

@@ -1,6 +1,7 @@
 //! The HTTP surface: `router(state)` with lookups, writes and operations routes, the metrics
 //! middleware and JSON fallbacks for unknown routes and methods.
 
+mod admin;
 mod error;
 mod extract;
 mod lookups;
@@ -26,6 +27,7 @@ pub use error::ApiError;
 pub use lookups::respond;
 
 use crate::cache::Tiered;
+use crate::config::Secret;
 use crate::domain::PhoneParser;
 use crate::invalidation::{Bus, Invalidator, Listener};
 use crate::metrics::Metrics;
@@ -44,6 +46,9 @@ pub enum Phase {
 pub struct Health {
     phase: AtomicU8,
     postgres_up: AtomicBool,
+    /// Woken when draining starts (long-lived answers such as the stats stream end then).
+    draining: tokio::sync::Notify,
+    started: Instant,
 }
 
 impl Default for Health {
@@ -51,6 +56,8 @@ impl Default for Health {
         Health {
             phase: AtomicU8::new(Phase::Starting as u8),
             postgres_up: AtomicBool::new(false),
+            draining: tokio::sync::Notify::new(),
+            started: Instant::now(),
         }
     }
 }
@@ -65,6 +72,17 @@ impl Health {
     }
     pub fn set_phase(&self, p: Phase) {
         self.phase.store(p as u8, Ordering::Relaxed);
+        if p == Phase::Draining {
+            self.draining.notify_waiters();
+        }
+    }
+    /// Completes when draining starts (check [`Health::phase`] too: a start between the check
+    /// and the wait is not seen here).
+    pub async fn draining(&self) {
+        self.draining.notified().await;
+    }
+    pub fn uptime(&self) -> std::time::Duration {
+        self.started.elapsed()
     }
     pub fn postgres_up(&self) -> bool {
         self.postgres_up.load(Ordering::Relaxed)
@@ -90,6 +108,12 @@ pub struct AppInner {
     pub bus: Option<Arc<Bus>>,
     /// Permits for API requests in flight (`server.max_concurrency`).
     pub limiter: Arc<tokio::sync::Semaphore>,
+    /// The `/admin` bearer token; unset = no admin routes.
+    pub admin_token: Secret,
+    /// Connection URLs with their passwords redacted, for `/admin/stats`.
+    pub postgres_url: String,
+    pub redis_url: String,
+    pub l1_max_bytes: u64,
 }
 
 /// Cheaply cloneable handle to the shared state.
@@ -137,8 +161,26 @@ pub fn router(state: AppState, body_limit: usize) -> Router {
         .route("/healthz", get(ops::healthz))
         .route("/readyz", get(ops::readyz))
         .route("/metrics", get(ops::metrics));
-    v1.merge(ops)
-        .fallback(not_found)
+    let mut app = v1.merge(ops);
+    if state.admin_token.is_set() {
+        let protected = Router::new()
+            .route("/admin/invalidate", post(admin::invalidate))
+            .route("/admin/flush", post(admin::flush))
+            .route("/admin/stats", get(admin::stats))
+            .route("/admin/stream", get(admin::stream))
+            .route_layer(middleware::from_fn_with_state(
+                state.clone(),
+                admin::require_token,
+            ));
+        app = app
+            .merge(protected)
+            .route("/admin/", get(admin::page))
+            .route(
+                "/admin",
+                get(|| async { axum::response::Redirect::permanent("/admin/") }),
+            );
+    }
+    app.fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(body_limit))
         .layer(middleware::from_fn_with_state(state.clone(), track))

@@ -19,7 +19,7 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
 use super::{Invalidation, Invalidator};
-use crate::cache::{now_ms, CacheKey, Coherence, Remote, Tag};
+use crate::cache::{now_ms, CacheKey, Coherence, Kind, Remote, Tag};
 use crate::domain::TxId;
 use crate::metrics::Metrics;
 
@@ -50,11 +50,26 @@ struct Wire {
     k: Vec<String>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     g: Vec<String>,
+    /// Kinds dropped whole (admin).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    d: Vec<String>,
+    /// Flush everything (admin).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    f: bool,
 }
 
+impl Wire {
+    fn is_heartbeat(&self) -> bool {
+        self.k.is_empty() && self.g.is_empty() && self.d.is_empty() && !self.f
+    }
+}
+
+#[derive(Default)]
 struct Outgoing {
     txid: Option<TxId>,
     inv: Invalidation,
+    kinds: Vec<Kind>,
+    flush: bool,
     at_ms: u64,
 }
 
@@ -69,6 +84,17 @@ impl BusSender {
             txid,
             inv,
             at_ms: now_ms(),
+            ..Outgoing::default()
+        });
+    }
+
+    /// Queues an operator's purge of whole kinds, or of everything, for the peers.
+    pub fn send_admin(&self, kinds: Vec<Kind>, flush: bool) {
+        let _ = self.0.send(Outgoing {
+            kinds,
+            flush,
+            at_ms: now_ms(),
+            ..Outgoing::default()
         });
     }
 }
@@ -180,11 +206,15 @@ impl Bus {
             let mut payloads = Vec::with_capacity(batch.len() + 1);
             for m in &batch {
                 seq += 1;
-                payloads.push(self.encode(seq, m.at_ms, m.txid, &m.inv));
+                payloads.push(self.encode(seq, m));
             }
             if heartbeat {
                 seq += 1;
-                payloads.push(self.encode(seq, now_ms(), None, &Invalidation::default()));
+                let beat = Outgoing {
+                    at_ms: now_ms(),
+                    ..Outgoing::default()
+                };
+                payloads.push(self.encode(seq, &beat));
             }
             let sent = self
                 .remote
@@ -214,14 +244,16 @@ impl Bus {
         }
     }
 
-    fn encode(&self, seq: u64, at_ms: u64, txid: Option<TxId>, inv: &Invalidation) -> Vec<u8> {
+    fn encode(&self, seq: u64, m: &Outgoing) -> Vec<u8> {
         let wire = Wire {
             o: self.origin.clone(),
             s: seq,
-            t: at_ms,
-            x: txid.map(|t| t.0),
-            k: inv.keys.iter().map(|k| k.as_str().to_owned()).collect(),
-            g: inv.tags.iter().map(Tag::name).collect(),
+            t: m.at_ms,
+            x: m.txid.map(|t| t.0),
+            k: m.inv.keys.iter().map(|k| k.as_str().to_owned()).collect(),
+            g: m.inv.tags.iter().map(Tag::name).collect(),
+            d: m.kinds.iter().map(|k| k.as_str().to_owned()).collect(),
+            f: m.flush,
         };
         // Serializing strings and integers cannot fail.
         serde_json::to_vec(&wire).unwrap_or_default()
@@ -322,7 +354,7 @@ impl Bus {
             tracing::debug!("ignoring a malformed bus message");
             return;
         };
-        let is_heartbeat = wire.k.is_empty() && wire.g.is_empty();
+        let is_heartbeat = wire.is_heartbeat();
         self.metrics
             .bus_messages
             .with_label_values(&[
@@ -353,6 +385,13 @@ impl Bus {
         }
         if is_heartbeat {
             return;
+        }
+        if wire.f {
+            invalidator.cache().flush_local("admin");
+            return;
+        }
+        for kind in wire.d.iter().filter_map(|k| Kind::parse(k)) {
+            invalidator.cache().local().invalidate_kind(kind);
         }
         let inv = Invalidation {
             keys: wire.k.iter().filter_map(|k| CacheKey::parse(k)).collect(),

@@ -15,7 +15,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use crate::cache::{now_ms, CacheError, CacheKey, Deletion, Dropped, Marker, Tag, Tiered};
+use crate::cache::{now_ms, CacheError, CacheKey, Deletion, Dropped, Kind, Marker, Tag, Tiered};
 use crate::domain::{Change, Channel, Commit, LeadId, TxId};
 use crate::metrics::Metrics;
 use crate::store::outbox::OutboxChange;
@@ -285,6 +285,43 @@ impl Invalidator {
             Source::Peer,
             now_ms().saturating_sub(sent_at_ms) as f64 / 1000.0,
         );
+    }
+
+    /// An operator's purge of whole kinds: Redis (by the kind's fence and a SCAN of this
+    /// namespace for its prefix), then L1 (by the kind's generation), then the peers. Returns the
+    /// Redis values dropped.
+    pub async fn admin_kinds(&self, kinds: &[Kind]) -> Result<u64, CacheError> {
+        self.count(Source::Admin);
+        let mut dropped = 0;
+        let mut failed = None;
+        for kind in kinds {
+            if let Some(remote) = self.cache.remote() {
+                match remote.invalidate_kind(*kind).await {
+                    Ok(n) => dropped += n,
+                    Err(e) => failed = Some(e),
+                }
+            }
+            self.cache.local().invalidate_kind(*kind);
+        }
+        if let Some(bus) = &self.bus {
+            bus.send_admin(kinds.to_vec(), false);
+        }
+        failed.map_or(Ok(dropped), Err)
+    }
+
+    /// An operator's flush: this namespace in Redis, this instance's L1, and every peer's L1.
+    /// Returns the Redis keys removed.
+    pub async fn flush_all(&self) -> Result<u64, CacheError> {
+        self.count(Source::Admin);
+        let removed = match self.cache.remote() {
+            Some(remote) => remote.flush_namespace().await,
+            None => Ok(0),
+        };
+        self.cache.flush_local("admin");
+        if let Some(bus) = &self.bus {
+            bus.send_admin(Vec::new(), true);
+        }
+        removed
     }
 
     /// An operator's invalidation: both tiers, then the peers.

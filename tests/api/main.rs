@@ -2,6 +2,7 @@
 
 #![allow(unreachable_pub)] // test modules share helpers with `pub`; nothing here is a public API
 
+mod admin;
 mod bad_input;
 mod coherence;
 mod common;
