@@ -4,8 +4,8 @@
 use std::sync::Arc;
 
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts,
-    Registry, TextEncoder,
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 use crate::cache::{CacheStatus, Kind};
@@ -93,6 +93,7 @@ pub struct Metrics {
     pub pg_pool_timeouts: IntCounter,
     pub overload_rejections: IntCounter,
     pub admin_auth_failures: IntCounter,
+    pub component_enabled: IntGaugeVec,
     pub in_flight: IntGauge,
     pub l1_entries: IntGauge,
     pub l1_bytes: IntGauge,
@@ -283,6 +284,16 @@ impl Metrics {
         .expect("valid metric definition");
         r.register(Box::new(admin_auth_failures.clone()))
             .expect("metric registered once");
+        let component_enabled = IntGaugeVec::new(
+            Opts::new(
+                "sidecache_component_enabled",
+                "1 if a component is switched on by configuration (l1, redis, listener, bus, admin), else 0; alerts on a component being down only apply when it is on.",
+            ),
+            &["component"],
+        )
+        .expect("valid metric definition");
+        r.register(Box::new(component_enabled.clone()))
+            .expect("metric registered once");
         let in_flight = gauge(
             &r,
             "sidecache_http_requests_in_flight",
@@ -448,6 +459,7 @@ impl Metrics {
             pg_pool_timeouts,
             overload_rejections,
             admin_auth_failures,
+            component_enabled,
             in_flight,
             l1_entries,
             l1_bytes,

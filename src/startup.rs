@@ -181,6 +181,18 @@ impl Application {
         } else {
             None
         };
+        for (component, on) in [
+            ("l1", settings.cache.l1_enabled),
+            ("redis", settings.redis.enabled),
+            ("listener", co.listener),
+            ("bus", bus_on),
+            ("admin", settings.admin.token.is_set()),
+        ] {
+            metrics
+                .component_enabled
+                .with_label_values(&[component])
+                .set(i64::from(on));
+        }
         let health = Arc::new(Health::default());
         let state = AppState(Arc::new(AppInner {
             cache,

@@ -23,9 +23,11 @@ macro_rules! id_type {
             Serialize,
             Deserialize,
             sqlx::Type,
+            utoipa::ToSchema,
         )]
         #[serde(transparent)]
         #[sqlx(transparent)]
+        #[schema(value_type = uuid::Uuid)]
         pub struct $name(pub Uuid);
 
         impl $name {

@@ -15,7 +15,7 @@ use prometheus::core::Collector;
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
 
-use super::error::ApiError;
+use super::error::{ApiError, ErrorBody};
 use super::extract::ApiJson;
 use super::{AppState, Phase};
 use crate::cache::{CacheKey, Deletion, Dropped, Kind, Tag};
@@ -87,13 +87,16 @@ pub(super) async fn page() -> Response {
         .into_response()
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(super) struct InvalidateBody {
+    /// Cache keys, e.g. `lead:id:<uuid>`, `greeting:<uuid>:voice`.
     #[serde(default)]
     keys: Vec<String>,
+    /// `org:<uuid>` (its leads' context and greetings) or `history:<uuid>`.
     #[serde(default)]
     tags: Vec<String>,
+    /// Whole kinds: lead_phone, lead_id, org_phone, org_id, context, summary, greeting, history.
     #[serde(default)]
     kinds: Vec<String>,
 }
@@ -101,6 +104,18 @@ pub(super) struct InvalidateBody {
 const MAX_ITEMS: usize = 10_000;
 
 /// `POST /admin/invalidate {keys?, tags?, kinds?}`: drops them here and on every peer.
+#[utoipa::path(post, path = "/admin/invalidate", tag = "admin",
+    description = "Drops keys, tags and whole kinds from every tier of every instance.",
+    security(("admin_token" = [])),
+    request_body = InvalidateBody,
+    responses(
+        (status = 200, description = "What was dropped", body = Object),
+        (status = 400, description = "Malformed JSON", body = ErrorBody),
+        (status = 401, description = "Missing or wrong bearer token", body = ErrorBody),
+        (status = 413, description = "Body larger than the limit", body = ErrorBody),
+        (status = 415, description = "Not `application/json`", body = ErrorBody),
+        (status = 422, description = "Unknown keys, tags or kinds, or none given", body = ErrorBody),
+    ))]
 pub(super) async fn invalidate(
     State(state): State<AppState>,
     ApiJson(b): ApiJson<InvalidateBody>,
@@ -217,6 +232,14 @@ pub(super) async fn invalidate(
 }
 
 /// `POST /admin/flush`: every instance's L1 and this namespace in Redis.
+#[utoipa::path(post, path = "/admin/flush", tag = "admin",
+    description = "Empties every instance's L1 and this namespace in Redis (not the whole Redis).",
+    security(("admin_token" = [])),
+    responses(
+        (status = 200, description = "Flushed", body = Object),
+        (status = 401, description = "Missing or wrong bearer token", body = ErrorBody),
+        (status = 503, description = "Redis could not be flushed (L1 was)", body = ErrorBody),
+    ))]
 pub(super) async fn flush(State(state): State<AppState>) -> Result<Response, ApiError> {
     let removed = state.invalidator.flush_all().await;
     let (redis, removed) = match (state.redis_enabled, removed) {
@@ -241,6 +264,13 @@ pub(super) async fn flush(State(state): State<AppState>) -> Result<Response, Api
 }
 
 /// `GET /admin/stats`.
+#[utoipa::path(get, path = "/admin/stats", tag = "admin",
+    description = "Hits, misses and stale answers by kind and tier, L1 size, breaker, Redis and Postgres state, listener and bus state, invalidation lag.",
+    security(("admin_token" = [])),
+    responses(
+        (status = 200, description = "A snapshot", body = Object),
+        (status = 401, description = "Missing or wrong bearer token", body = ErrorBody),
+    ))]
 pub(super) async fn stats(State(state): State<AppState>) -> Response {
     axum::Json(snapshot(&state, None).await).into_response()
 }
@@ -474,6 +504,13 @@ async fn snapshot(state: &AppState, prev: Option<&mut Window>) -> Value {
 
 /// `GET /admin/stream`: a `stats` event every second (with the rates over the last second), until
 /// the client goes away or sidecache starts draining.
+#[utoipa::path(get, path = "/admin/stream", tag = "admin",
+    description = "Server-Sent Events: a `stats` event a second (the snapshot of /admin/stats plus `live` rates over the last second) until the client leaves or sidecache drains.",
+    security(("admin_token" = [])),
+    responses(
+        (status = 200, description = "The event stream", body = String, content_type = "text/event-stream"),
+        (status = 401, description = "Missing or wrong bearer token", body = ErrorBody),
+    ))]
 pub(super) async fn stream(State(state): State<AppState>) -> Response {
     struct Ticker {
         state: AppState,

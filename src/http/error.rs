@@ -17,13 +17,22 @@ pub struct ApiError {
     pub message: String,
 }
 
-#[derive(Serialize)]
-struct Body<'a> {
+/// Every error answer: `{"error": {"code": "…", "message": "…"}}`.
+#[derive(Serialize, utoipa::ToSchema)]
+#[schema(as = Error)]
+pub(crate) struct Body<'a> {
     error: Inner<'a>,
 }
-#[derive(Serialize)]
-struct Inner<'a> {
+/// The error body, for the OpenAPI document.
+pub(crate) type ErrorBody = Body<'static>;
+
+#[derive(Serialize, utoipa::ToSchema)]
+#[schema(as = ErrorDetail)]
+pub(crate) struct Inner<'a> {
+    /// A stable snake_case code, e.g. `invalid_phone`, `lead_not_found`, `version_mismatch`.
+    #[schema(example = "invalid_phone")]
     code: &'a str,
+    /// One human sentence.
     message: &'a str,
 }
 

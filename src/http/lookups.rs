@@ -8,7 +8,7 @@ use chrono::Utc;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use super::error::ApiError;
+use super::error::{ApiError, ErrorBody};
 use super::extract::{if_none_match, PathId, PathText, QueryPairs};
 use super::AppState;
 use crate::cache::{fnv1a, now_ms, CacheKey, CacheStatus, LoadFuture, Loaded, Lookup, Mode, Tag};
@@ -208,14 +208,19 @@ fn load_lead_by_phone(store: Store, phone: PhoneNumber, org: OrgId) -> LoadFutur
 }
 
 /// Everything a voice agent needs to start a call with this lead.
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 struct Context {
     lead: Lead,
     organization: Organization,
     summary: Option<String>,
     conversation_count: i64,
     last_contact_at: Option<chrono::DateTime<Utc>>,
+    /// The five most recent, newest first.
     recent_conversations: Vec<Conversation>,
+    /// Ready to hand to a voice agent: the lead's attributes, then first_name, last_name,
+    /// full_name, email, phone_number, lead_status, org_name, org_timezone, conversation_count
+    /// and summary, all as strings.
+    #[schema(value_type = std::collections::HashMap<String, String>)]
     dynamic_variables: serde_json::Map<String, Value>,
 }
 
@@ -288,7 +293,7 @@ fn load_context(store: Store, id: LeadId) -> LoadFuture {
     })
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 struct Summary {
     lead_id: LeadId,
     summary: Option<String>,
@@ -311,8 +316,9 @@ fn load_summary(store: Store, id: LeadId) -> LoadFuture {
     })
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 struct Greeting<'a> {
+    /// Null for an unknown caller (in call initiation).
     lead_id: Option<LeadId>,
     channel: Channel,
     greeting: &'a str,
@@ -352,7 +358,7 @@ fn load_greeting(store: Store, id: LeadId, channel: Channel) -> LoadFuture {
     })
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 struct History {
     lead_id: LeadId,
     limit: u32,
@@ -435,6 +441,24 @@ async fn org_dependent(
 
 // ---- routes ---------------------------------------------------------------------------------
 
+#[utoipa::path(
+    get,
+    path = "/v1/organizations/{id}",
+    tag = "lookups",
+    description = "An organization by id.",
+    params(("id" = uuid::Uuid, Path), ("cache-control" = Option<String>, Header, description = "`no-cache` reads Postgres directly (x-cache: BYPASS)"), ("if-none-match" = Option<String>, Header, description = "An ETag from an earlier answer")),
+    responses(
+        (status = 200, description = "Found", body = Organization, headers(
+            ("x-cache" = String, description = "HIT-L1, HIT-L2, MISS, STALE or BYPASS"),
+            ("age" = u64, description = "Seconds since the value was read from Postgres"),
+            ("etag" = String, description = "Validator for If-None-Match"),
+        )),
+        (status = 304, description = "The client's copy (If-None-Match) is current"),
+        (status = 400, description = "Malformed input", body = ErrorBody),
+        (status = 404, description = "Nothing there (cached briefly as a negative entry)", body = ErrorBody),
+        (status = 503, description = "Postgres unavailable and nothing servable cached", body = ErrorBody),
+    )
+)]
 pub(super) async fn org_by_id(
     state: axum::extract::State<AppState>,
     PathId(id): PathId<OrgId>,
@@ -450,6 +474,24 @@ pub(super) async fn org_by_id(
     Ok(respond(lookup, &headers, org_missing))
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/organizations/by-phone/{phone}",
+    tag = "lookups",
+    description = "The organization whose number was called.",
+    params(("phone" = String, Path, description = "Any common spelling; E.164 preferred", example = "+15550100001"), ("cache-control" = Option<String>, Header, description = "`no-cache` reads Postgres directly (x-cache: BYPASS)"), ("if-none-match" = Option<String>, Header, description = "An ETag from an earlier answer")),
+    responses(
+        (status = 200, description = "Found", body = Organization, headers(
+            ("x-cache" = String, description = "HIT-L1, HIT-L2, MISS, STALE or BYPASS"),
+            ("age" = u64, description = "Seconds since the value was read from Postgres"),
+            ("etag" = String, description = "Validator for If-None-Match"),
+        )),
+        (status = 304, description = "The client's copy (If-None-Match) is current"),
+        (status = 400, description = "Malformed input", body = ErrorBody),
+        (status = 404, description = "Nothing there (cached briefly as a negative entry)", body = ErrorBody),
+        (status = 503, description = "Postgres unavailable and nothing servable cached", body = ErrorBody),
+    )
+)]
 pub(super) async fn org_by_phone(
     state: axum::extract::State<AppState>,
     PathText(raw): PathText,
@@ -467,6 +509,24 @@ pub(super) async fn org_by_phone(
     Ok(respond(lookup, &headers, org_missing))
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/leads/{id}",
+    tag = "lookups",
+    description = "A lead by id.",
+    params(("id" = uuid::Uuid, Path), ("cache-control" = Option<String>, Header, description = "`no-cache` reads Postgres directly (x-cache: BYPASS)"), ("if-none-match" = Option<String>, Header, description = "An ETag from an earlier answer")),
+    responses(
+        (status = 200, description = "Found", body = Lead, headers(
+            ("x-cache" = String, description = "HIT-L1, HIT-L2, MISS, STALE or BYPASS"),
+            ("age" = u64, description = "Seconds since the value was read from Postgres"),
+            ("etag" = String, description = "Validator for If-None-Match"),
+        )),
+        (status = 304, description = "The client's copy (If-None-Match) is current"),
+        (status = 400, description = "Malformed input", body = ErrorBody),
+        (status = 404, description = "Nothing there (cached briefly as a negative entry)", body = ErrorBody),
+        (status = 503, description = "Postgres unavailable and nothing servable cached", body = ErrorBody),
+    )
+)]
 pub(super) async fn lead_by_id(
     state: axum::extract::State<AppState>,
     PathId(id): PathId<LeadId>,
@@ -487,6 +547,24 @@ fn org_query(q: &QueryPairs) -> Result<OrgId, ApiError> {
         .map_err(|e: crate::domain::ParseError| ApiError::bad_request("invalid_id", e.0))
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/leads/by-phone/{phone}",
+    tag = "lookups",
+    description = "The lead with that phone number in that organization.",
+    params(("phone" = String, Path, example = "+15550200001"), ("organization_id" = uuid::Uuid, Query), ("cache-control" = Option<String>, Header, description = "`no-cache` reads Postgres directly (x-cache: BYPASS)"), ("if-none-match" = Option<String>, Header, description = "An ETag from an earlier answer")),
+    responses(
+        (status = 200, description = "Found", body = Lead, headers(
+            ("x-cache" = String, description = "HIT-L1, HIT-L2, MISS, STALE or BYPASS"),
+            ("age" = u64, description = "Seconds since the value was read from Postgres"),
+            ("etag" = String, description = "Validator for If-None-Match"),
+        )),
+        (status = 304, description = "The client's copy (If-None-Match) is current"),
+        (status = 400, description = "Malformed input", body = ErrorBody),
+        (status = 404, description = "Nothing there (cached briefly as a negative entry)", body = ErrorBody),
+        (status = 503, description = "Postgres unavailable and nothing servable cached", body = ErrorBody),
+    )
+)]
 pub(super) async fn lead_by_phone(
     state: axum::extract::State<AppState>,
     PathText(raw): PathText,
@@ -506,6 +584,24 @@ pub(super) async fn lead_by_phone(
     Ok(respond(lookup, &headers, lead_missing))
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/leads/{id}/context",
+    tag = "lookups",
+    description = "What a voice agent needs to start a call with this lead.",
+    params(("id" = uuid::Uuid, Path), ("cache-control" = Option<String>, Header, description = "`no-cache` reads Postgres directly (x-cache: BYPASS)"), ("if-none-match" = Option<String>, Header, description = "An ETag from an earlier answer")),
+    responses(
+        (status = 200, description = "Found", body = Context, headers(
+            ("x-cache" = String, description = "HIT-L1, HIT-L2, MISS, STALE or BYPASS"),
+            ("age" = u64, description = "Seconds since the value was read from Postgres"),
+            ("etag" = String, description = "Validator for If-None-Match"),
+        )),
+        (status = 304, description = "The client's copy (If-None-Match) is current"),
+        (status = 400, description = "Malformed input", body = ErrorBody),
+        (status = 404, description = "Nothing there (cached briefly as a negative entry)", body = ErrorBody),
+        (status = 503, description = "Postgres unavailable and nothing servable cached", body = ErrorBody),
+    )
+)]
 pub(super) async fn context(
     state: axum::extract::State<AppState>,
     PathId(id): PathId<LeadId>,
@@ -522,6 +618,24 @@ pub(super) async fn context(
     Ok(respond(lookup, &headers, lead_missing))
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/leads/{id}/summary",
+    tag = "lookups",
+    description = "The latest conversation summaries, newest first.",
+    params(("id" = uuid::Uuid, Path), ("cache-control" = Option<String>, Header, description = "`no-cache` reads Postgres directly (x-cache: BYPASS)"), ("if-none-match" = Option<String>, Header, description = "An ETag from an earlier answer")),
+    responses(
+        (status = 200, description = "Found", body = Summary, headers(
+            ("x-cache" = String, description = "HIT-L1, HIT-L2, MISS, STALE or BYPASS"),
+            ("age" = u64, description = "Seconds since the value was read from Postgres"),
+            ("etag" = String, description = "Validator for If-None-Match"),
+        )),
+        (status = 304, description = "The client's copy (If-None-Match) is current"),
+        (status = 400, description = "Malformed input", body = ErrorBody),
+        (status = 404, description = "Nothing there (cached briefly as a negative entry)", body = ErrorBody),
+        (status = 503, description = "Postgres unavailable and nothing servable cached", body = ErrorBody),
+    )
+)]
 pub(super) async fn summary(
     state: axum::extract::State<AppState>,
     PathId(id): PathId<LeadId>,
@@ -537,6 +651,24 @@ pub(super) async fn summary(
     Ok(respond(lookup, &headers, lead_missing))
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/leads/{id}/greeting",
+    tag = "lookups",
+    description = "The organization's greeting for this lead.",
+    params(("id" = uuid::Uuid, Path), ("channel" = Option<Channel>, Query, description = "Default voice"), ("cache-control" = Option<String>, Header, description = "`no-cache` reads Postgres directly (x-cache: BYPASS)"), ("if-none-match" = Option<String>, Header, description = "An ETag from an earlier answer")),
+    responses(
+        (status = 200, description = "Found", body = Greeting, headers(
+            ("x-cache" = String, description = "HIT-L1, HIT-L2, MISS, STALE or BYPASS"),
+            ("age" = u64, description = "Seconds since the value was read from Postgres"),
+            ("etag" = String, description = "Validator for If-None-Match"),
+        )),
+        (status = 304, description = "The client's copy (If-None-Match) is current"),
+        (status = 400, description = "Malformed input", body = ErrorBody),
+        (status = 404, description = "Nothing there (cached briefly as a negative entry)", body = ErrorBody),
+        (status = 503, description = "Postgres unavailable and nothing servable cached", body = ErrorBody),
+    )
+)]
 pub(super) async fn greeting(
     state: axum::extract::State<AppState>,
     PathId(id): PathId<LeadId>,
@@ -555,6 +687,24 @@ pub(super) async fn greeting(
     Ok(respond(lookup, &headers, lead_missing))
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/leads/{id}/history",
+    tag = "lookups",
+    description = "A page of the lead's conversations, newest first.",
+    params(("id" = uuid::Uuid, Path), ("limit" = Option<u32>, Query, minimum = 1, maximum = 100, description = "Default 20"), ("offset" = Option<u32>, Query, minimum = 0, maximum = 100000, description = "Default 0"), ("cache-control" = Option<String>, Header, description = "`no-cache` reads Postgres directly (x-cache: BYPASS)"), ("if-none-match" = Option<String>, Header, description = "An ETag from an earlier answer")),
+    responses(
+        (status = 200, description = "Found", body = History, headers(
+            ("x-cache" = String, description = "HIT-L1, HIT-L2, MISS, STALE or BYPASS"),
+            ("age" = u64, description = "Seconds since the value was read from Postgres"),
+            ("etag" = String, description = "Validator for If-None-Match"),
+        )),
+        (status = 304, description = "The client's copy (If-None-Match) is current"),
+        (status = 400, description = "Malformed input", body = ErrorBody),
+        (status = 404, description = "Nothing there (cached briefly as a negative entry)", body = ErrorBody),
+        (status = 503, description = "Postgres unavailable and nothing servable cached", body = ErrorBody),
+    )
+)]
 pub(super) async fn history(
     state: axum::extract::State<AppState>,
     PathId(id): PathId<LeadId>,
@@ -591,8 +741,42 @@ fn combine(a: CacheStatus, b: CacheStatus) -> CacheStatus {
     }
 }
 
+/// The answer of `GET /v1/calls/initiation` (assembled from the parts' cached bytes; this type
+/// only describes it).
+#[derive(utoipa::ToSchema)]
+#[allow(dead_code)]
+struct Initiation {
+    organization: Organization,
+    /// Null when the caller is not a lead of the organization.
+    lead: Option<Lead>,
+    context: Option<Context>,
+    greeting: Greeting<'static>,
+}
+
 /// `GET /v1/calls/initiation`: organization, lead, context and greeting in one round trip, each
 /// part from the cache. The body is assembled from the parts' cached bytes without re-encoding.
+#[utoipa::path(
+    get,
+    path = "/v1/calls/initiation",
+    tag = "lookups",
+    description = "Organization, lead, context and greeting in one round trip, each from the cache. An unknown caller gets `lead: null` and the greeting for an unknown caller.",
+    params(
+        ("caller" = String, Query, description = "The number that called", example = "+15550200001"),
+        ("callee" = String, Query, description = "The number that was called", example = "+15550100001"),
+        ("channel" = Option<Channel>, Query, description = "Default voice"),
+        ("cache-control" = Option<String>, Header, description = "`no-cache` reads Postgres directly"),
+    ),
+    responses(
+        (status = 200, description = "Found", body = Initiation, headers(
+            ("x-cache" = String, description = "The least cached part: HIT-L1, HIT-L2, MISS, STALE or BYPASS"),
+            ("x-cache-detail" = String, description = "Each part's status"),
+            ("age" = u64, description = "Seconds since the oldest part was read from Postgres"),
+        )),
+        (status = 400, description = "Malformed input", body = ErrorBody),
+        (status = 404, description = "No organization has the callee's number", body = ErrorBody),
+        (status = 503, description = "Postgres unavailable and nothing servable cached", body = ErrorBody),
+    )
+)]
 pub(super) async fn initiation(
     state: axum::extract::State<AppState>,
     q: QueryPairs,

@@ -5,6 +5,8 @@ mod admin;
 mod error;
 mod extract;
 mod lookups;
+/// The OpenAPI document (`/openapi.json`).
+pub mod openapi;
 mod ops;
 mod writes;
 
@@ -20,6 +22,7 @@ use axum::routing::{get, patch, post};
 use axum::Router;
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+use tracing::Instrument;
 
 pub use error::ApiError;
 /// The answer for one cached lookup (exposed for the micro-benchmarks).
@@ -160,7 +163,8 @@ pub fn router(state: AppState, body_limit: usize) -> Router {
     let ops = Router::new()
         .route("/healthz", get(ops::healthz))
         .route("/readyz", get(ops::readyz))
-        .route("/metrics", get(ops::metrics));
+        .route("/metrics", get(ops::metrics))
+        .route("/openapi.json", get(openapi::serve));
     let mut app = v1.merge(ops);
     if state.admin_token.is_set() {
         let protected = Router::new()
@@ -226,26 +230,41 @@ async fn track(State(state): State<AppState>, req: Request, next: Next) -> Respo
     let route = req.extensions().get::<MatchedPath>().cloned();
     let route = route.as_ref().map_or("unmatched", MatchedPath::as_str);
     let method = req.method().clone();
-    let res = if route.starts_with("/v1/") {
-        match state.limiter.clone().try_acquire_owned() {
-            Ok(_permit) => {
-                state.metrics.in_flight.inc();
-                let _counted = InFlight(&state.metrics);
-                next.run(req).await
+    // Every log line of the request carries its id (the caller's x-request-id, or a new one).
+    let span = tracing::info_span!(
+        "request",
+        id = req
+            .headers()
+            .get("x-request-id")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or(""),
+        method = %method,
+        route,
+    );
+    let res = async {
+        if route.starts_with("/v1/") {
+            match state.limiter.clone().try_acquire_owned() {
+                Ok(_permit) => {
+                    state.metrics.in_flight.inc();
+                    let _counted = InFlight(&state.metrics);
+                    next.run(req).await
+                }
+                Err(_) => {
+                    state.metrics.overload_rejections.inc();
+                    ApiError::new(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "overloaded",
+                        "Too many requests are in flight; retry shortly.",
+                    )
+                    .into_response()
+                }
             }
-            Err(_) => {
-                state.metrics.overload_rejections.inc();
-                ApiError::new(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "overloaded",
-                    "Too many requests are in flight; retry shortly.",
-                )
-                .into_response()
-            }
+        } else {
+            next.run(req).await
         }
-    } else {
-        next.run(req).await
-    };
+    }
+    .instrument(span)
+    .await;
     let status = res.status();
     let labels = [route, method.as_str(), status.as_str()];
     state.metrics.http_requests.with_label_values(&labels).inc();

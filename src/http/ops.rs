@@ -8,12 +8,21 @@ use serde_json::json;
 use super::{AppState, Phase};
 use crate::cache::ChannelState;
 
+#[utoipa::path(get, path = "/healthz", tag = "operations",
+    description = "Liveness: 200 while the process runs.",
+    responses((status = 200, description = "Alive", body = Object, example = json!({"status": "ok"}))))]
 pub(super) async fn healthz() -> Response {
     json_response(StatusCode::OK, json!({"status": "ok"}))
 }
 
 /// 200 `ready` or `degraded` (a dependency is down but answers still flow); 503 while starting or
 /// draining, so a load balancer sends traffic elsewhere.
+#[utoipa::path(get, path = "/readyz", tag = "operations",
+    description = "Readiness: `ready`, or `degraded` when a dependency, the change listener or the bus is down but answers still flow; 503 while starting or draining.",
+    responses(
+        (status = 200, description = "Serving", body = Object),
+        (status = 503, description = "Starting or draining", body = Object),
+    ))]
 pub(super) async fn readyz(State(state): State<AppState>) -> Response {
     let pg_up = state.health.postgres_up();
     let pool = state.store.pool();
@@ -63,6 +72,9 @@ pub(super) async fn readyz(State(state): State<AppState>) -> Response {
     )
 }
 
+#[utoipa::path(get, path = "/metrics", tag = "operations",
+    description = "Prometheus text exposition.",
+    responses((status = 200, description = "Metrics", body = String, content_type = "text/plain")))]
 pub(super) async fn metrics(State(state): State<AppState>) -> Response {
     let (entries, bytes) = state.cache.local().usage().await;
     state.metrics.l1_entries.set(entries as i64);

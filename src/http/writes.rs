@@ -3,7 +3,9 @@
 //! read from this instance any more.
 
 use std::future::Future;
+
 use std::time::Instant;
+use tracing::Instrument;
 
 use axum::extract::State;
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
@@ -12,11 +14,12 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::Value;
 
-use super::error::ApiError;
+use super::error::{ApiError, ErrorBody};
 use super::extract::{if_match, ApiJson, PathId};
 use super::AppState;
 use crate::domain::{
-    Channel, Commit, ConversationId, Direction, LeadId, LeadStatus, OrgId, ParseError, PhoneNumber,
+    Channel, Commit, Conversation, ConversationId, Direction, Lead, LeadId, LeadStatus, OrgId,
+    Organization, ParseError, PhoneNumber,
 };
 use crate::store::{
     ConversationPatch, LeadPatch, NewConversation, NewLead, NewOrganization, OrganizationPatch,
@@ -151,14 +154,18 @@ where
     F: Future<Output = Result<(T, Commit), E>> + Send + 'static,
 {
     let state = state.clone();
-    let task = tokio::spawn(async move {
+    let task = tokio::spawn(
+        async move {
         let (value, commit) = write.await?;
         // Called as soon as the store returns: the commit happened just now.
         if let Err(e) = state.invalidator.commit(&commit, Instant::now()).await {
             tracing::warn!(error = %e, change = ?commit.change, "redis invalidation deferred; L2 bypassed until it lands");
         }
         Ok::<_, E>(value)
-    });
+        }
+        // Its log lines belong to the request too.
+        .in_current_span(),
+    );
     match task.await {
         Ok(result) => result.map_err(Into::into),
         Err(e) => {
@@ -168,16 +175,33 @@ where
     }
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(super) struct CreateOrg {
     name: String,
     phone_number: String,
     timezone: Option<String>,
     greeting_template: Option<String>,
+    #[schema(value_type = Option<Object>)]
     settings: Option<Value>,
 }
 
+#[utoipa::path(
+    post,
+    path = "/v1/organizations",
+    tag = "writes",
+    description = "Creates an organization; drops the negative entry for its phone.",
+    request_body = CreateOrg,
+    responses(
+        (status = 201, description = "Created", body = Organization, headers(("etag" = String, description = "The new version"))),
+        (status = 409, description = "Duplicate phone number", body = ErrorBody),
+        (status = 400, description = "Malformed input (phone, id, JSON)", body = ErrorBody),
+        (status = 413, description = "Body larger than the limit", body = ErrorBody),
+        (status = 415, description = "Not `application/json`", body = ErrorBody),
+        (status = 422, description = "Well-formed but invalid", body = ErrorBody),
+        (status = 503, description = "Postgres unavailable; nothing was written", body = ErrorBody),
+    )
+)]
 pub(super) async fn create_org(
     State(state): State<AppState>,
     ApiJson(b): ApiJson<CreateOrg>,
@@ -203,21 +227,45 @@ pub(super) async fn create_org(
     Ok(resource(StatusCode::CREATED, &org, org.version, Some(loc)))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(super) struct PatchOrg {
     #[serde(default, deserialize_with = "double_option")]
+    #[schema(value_type = Option<String>)]
     name: Option<Option<String>>,
     #[serde(default, deserialize_with = "double_option")]
+    #[schema(value_type = Option<String>)]
     phone_number: Option<Option<String>>,
     #[serde(default, deserialize_with = "double_option")]
+    #[schema(value_type = Option<String>)]
     timezone: Option<Option<String>>,
     #[serde(default, deserialize_with = "double_option")]
+    #[schema(value_type = Option<String>)]
     greeting_template: Option<Option<String>>,
     #[serde(default, deserialize_with = "double_option")]
+    #[schema(value_type = Option<Object>)]
     settings: Option<Option<Value>>,
 }
 
+#[utoipa::path(
+    patch,
+    path = "/v1/organizations/{id}",
+    tag = "writes",
+    description = "Changes an organization; drops its keys and its leads' context and greetings (by tag).",
+    params(("id" = uuid::Uuid, Path), ("if-match" = Option<String>, Header, description = "`\"<version>\"`: only if the row is still at that version")),
+    request_body = PatchOrg,
+    responses(
+        (status = 200, description = "Changed", body = Organization, headers(("etag" = String, description = "The new version"))),
+        (status = 404, description = "No such row", body = ErrorBody),
+        (status = 409, description = "Duplicate phone number", body = ErrorBody),
+        (status = 412, description = "If-Match: the row moved on", body = ErrorBody),
+        (status = 400, description = "Malformed input (phone, id, JSON)", body = ErrorBody),
+        (status = 413, description = "Body larger than the limit", body = ErrorBody),
+        (status = 415, description = "Not `application/json`", body = ErrorBody),
+        (status = 422, description = "Well-formed but invalid", body = ErrorBody),
+        (status = 503, description = "Postgres unavailable; nothing was written", body = ErrorBody),
+    )
+)]
 pub(super) async fn update_org(
     State(state): State<AppState>,
     PathId(id): PathId<OrgId>,
@@ -250,18 +298,37 @@ pub(super) async fn update_org(
     Ok(resource(StatusCode::OK, &org, org.version, None))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(super) struct CreateLead {
+    #[schema(value_type = uuid::Uuid)]
     organization_id: String,
     phone_number: String,
     first_name: Option<String>,
     last_name: Option<String>,
     email: Option<String>,
+    #[schema(value_type = Option<LeadStatus>)]
     status: Option<String>,
+    #[schema(value_type = Option<Object>)]
     attributes: Option<Value>,
 }
 
+#[utoipa::path(
+    post,
+    path = "/v1/leads",
+    tag = "writes",
+    description = "Creates a lead; drops the negative entry for its phone.",
+    request_body = CreateLead,
+    responses(
+        (status = 201, description = "Created", body = Lead, headers(("etag" = String, description = "The new version"))),
+        (status = 409, description = "Duplicate phone number", body = ErrorBody),
+        (status = 400, description = "Malformed input (phone, id, JSON)", body = ErrorBody),
+        (status = 413, description = "Body larger than the limit", body = ErrorBody),
+        (status = 415, description = "Not `application/json`", body = ErrorBody),
+        (status = 422, description = "Well-formed but invalid", body = ErrorBody),
+        (status = 503, description = "Postgres unavailable; nothing was written", body = ErrorBody),
+    )
+)]
 pub(super) async fn create_lead(
     State(state): State<AppState>,
     ApiJson(b): ApiJson<CreateLead>,
@@ -295,20 +362,26 @@ pub(super) async fn create_lead(
     ))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(super) struct PatchLead {
     #[serde(default, deserialize_with = "double_option")]
+    #[schema(value_type = Option<String>)]
     phone_number: Option<Option<String>>,
     #[serde(default, deserialize_with = "double_option")]
+    #[schema(value_type = Option<String>)]
     first_name: Option<Option<String>>,
     #[serde(default, deserialize_with = "double_option")]
+    #[schema(value_type = Option<String>)]
     last_name: Option<Option<String>>,
     #[serde(default, deserialize_with = "double_option")]
+    #[schema(value_type = Option<String>)]
     email: Option<Option<String>>,
     #[serde(default, deserialize_with = "double_option")]
+    #[schema(value_type = Option<String>)]
     status: Option<Option<String>>,
     #[serde(default, deserialize_with = "double_option")]
+    #[schema(value_type = Option<Object>)]
     attributes: Option<Option<Value>>,
 }
 
@@ -325,6 +398,25 @@ fn nullable_text(
     }
 }
 
+#[utoipa::path(
+    patch,
+    path = "/v1/leads/{id}",
+    tag = "writes",
+    description = "Changes a lead (a phone change drops both phone keys).",
+    params(("id" = uuid::Uuid, Path), ("if-match" = Option<String>, Header, description = "`\"<version>\"`: only if the row is still at that version")),
+    request_body = PatchLead,
+    responses(
+        (status = 200, description = "Changed", body = Lead, headers(("etag" = String, description = "The new version"))),
+        (status = 404, description = "No such row", body = ErrorBody),
+        (status = 409, description = "Duplicate phone number", body = ErrorBody),
+        (status = 412, description = "If-Match: the row moved on", body = ErrorBody),
+        (status = 400, description = "Malformed input (phone, id, JSON)", body = ErrorBody),
+        (status = 413, description = "Body larger than the limit", body = ErrorBody),
+        (status = 415, description = "Not `application/json`", body = ErrorBody),
+        (status = 422, description = "Well-formed but invalid", body = ErrorBody),
+        (status = 503, description = "Postgres unavailable; nothing was written", body = ErrorBody),
+    )
+)]
 pub(super) async fn update_lead(
     State(state): State<AppState>,
     PathId(id): PathId<LeadId>,
@@ -358,6 +450,22 @@ pub(super) async fn update_lead(
     Ok(resource(StatusCode::OK, &lead, lead.version, None))
 }
 
+#[utoipa::path(
+    delete,
+    path = "/v1/leads/{id}",
+    tag = "writes",
+    description = "Deletes a lead and its conversations.",
+    params(("id" = uuid::Uuid, Path)),
+    responses(
+        (status = 204, description = "Deleted"),
+        (status = 404, description = "No such row", body = ErrorBody),
+        (status = 400, description = "Malformed input (phone, id, JSON)", body = ErrorBody),
+        (status = 413, description = "Body larger than the limit", body = ErrorBody),
+        (status = 415, description = "Not `application/json`", body = ErrorBody),
+        (status = 422, description = "Well-formed but invalid", body = ErrorBody),
+        (status = 503, description = "Postgres unavailable; nothing was written", body = ErrorBody),
+    )
+)]
 pub(super) async fn delete_lead(
     State(state): State<AppState>,
     PathId(id): PathId<LeadId>,
@@ -374,10 +482,12 @@ pub(super) async fn delete_lead(
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(super) struct CreateConversation {
+    #[schema(value_type = Channel)]
     channel: String,
+    #[schema(value_type = Direction)]
     direction: String,
     summary: Option<String>,
     started_at: Option<DateTime<Utc>>,
@@ -396,6 +506,23 @@ fn check_times(
     Ok(())
 }
 
+#[utoipa::path(
+    post,
+    path = "/v1/leads/{id}/conversations",
+    tag = "writes",
+    description = "Records a conversation; drops the lead's context, summary, greetings and history.",
+    params(("id" = uuid::Uuid, Path)),
+    request_body = CreateConversation,
+    responses(
+        (status = 201, description = "Created", body = Conversation, headers(("etag" = String, description = "The new version"))),
+        (status = 404, description = "No such row", body = ErrorBody),
+        (status = 400, description = "Malformed input (phone, id, JSON)", body = ErrorBody),
+        (status = 413, description = "Body larger than the limit", body = ErrorBody),
+        (status = 415, description = "Not `application/json`", body = ErrorBody),
+        (status = 422, description = "Well-formed but invalid", body = ErrorBody),
+        (status = 503, description = "Postgres unavailable; nothing was written", body = ErrorBody),
+    )
+)]
 pub(super) async fn create_conversation(
     State(state): State<AppState>,
     PathId(lead): PathId<LeadId>,
@@ -426,15 +553,35 @@ pub(super) async fn create_conversation(
     ))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(super) struct PatchConversation {
     #[serde(default, deserialize_with = "double_option")]
+    #[schema(value_type = Option<String>)]
     summary: Option<Option<String>>,
     #[serde(default, deserialize_with = "double_option")]
+    #[schema(value_type = Option<String>, format = DateTime)]
     ended_at: Option<Option<DateTime<Utc>>>,
 }
 
+#[utoipa::path(
+    patch,
+    path = "/v1/conversations/{id}",
+    tag = "writes",
+    description = "Changes a conversation's summary or end time.",
+    params(("id" = uuid::Uuid, Path), ("if-match" = Option<String>, Header, description = "`\"<version>\"`: only if the row is still at that version")),
+    request_body = PatchConversation,
+    responses(
+        (status = 200, description = "Changed", body = Conversation, headers(("etag" = String, description = "The new version"))),
+        (status = 404, description = "No such row", body = ErrorBody),
+        (status = 412, description = "If-Match: the row moved on", body = ErrorBody),
+        (status = 400, description = "Malformed input (phone, id, JSON)", body = ErrorBody),
+        (status = 413, description = "Body larger than the limit", body = ErrorBody),
+        (status = 415, description = "Not `application/json`", body = ErrorBody),
+        (status = 422, description = "Well-formed but invalid", body = ErrorBody),
+        (status = 503, description = "Postgres unavailable; nothing was written", body = ErrorBody),
+    )
+)]
 pub(super) async fn update_conversation(
     State(state): State<AppState>,
     PathId(id): PathId<ConversationId>,

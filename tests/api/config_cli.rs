@@ -185,3 +185,75 @@ fn redis_disabled_warns_at_start() {
         "log.format=json gives JSON lines"
     );
 }
+
+#[test]
+fn log_lines_carry_the_request_id_and_never_a_password() {
+    let cfg = temp_config("");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut child = bin()
+        .args(["--config", cfg.to_str().unwrap(), "serve", "--no-migrate"])
+        .env("REDIS_ENABLED", "false")
+        .env("SIDECACHE_LISTEN", format!("127.0.0.1:{port}"))
+        // Nothing listens on port 1: every lookup fails (and logs) inside its request.
+        .env(
+            "DATABASE_URL",
+            "postgres://postgres:hunter2secret@127.0.0.1:1/nowhere",
+        )
+        .env("SIDECACHE__LOG__FORMAT", "json")
+        .env("SIDECACHE__LOG__LEVEL", "info")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let mut seen = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while Instant::now() < deadline && !seen.iter().any(|l: &String| l.contains("listening")) {
+        if let Ok(line) = rx.recv_timeout(Duration::from_millis(200)) {
+            seen.push(line);
+        }
+    }
+    use std::io::{Read, Write};
+    let mut conn = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    write!(
+        conn,
+        "GET /v1/leads/6f1c1c1e-8a43-4c43-9a8e-1b2b3c4d5e6f HTTP/1.1\r\nhost: x\r\nx-request-id: trace-me-42\r\nconnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut answer = String::new();
+    conn.read_to_string(&mut answer).unwrap();
+    assert!(answer.starts_with("HTTP/1.1 503"), "{answer}");
+    assert!(answer.contains("x-request-id: trace-me-42"), "{answer}");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while Instant::now() < deadline {
+        if let Ok(line) = rx.recv_timeout(Duration::from_millis(100)) {
+            seen.push(line);
+        }
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    let traced: Vec<&String> = seen
+        .iter()
+        .filter(|l| l.contains("trace-me-42") && l.contains("WARN"))
+        .collect();
+    assert!(
+        !traced.is_empty(),
+        "the request's warning carries its id: {seen:#?}"
+    );
+    let line: serde_json::Value = serde_json::from_str(traced[0]).unwrap();
+    assert_eq!(line["span"]["id"], "trace-me-42", "{line}");
+    assert!(
+        seen.iter().all(|l| !l.contains("hunter2secret")),
+        "no password in the logs: {seen:#?}"
+    );
+}

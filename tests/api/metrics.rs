@@ -111,3 +111,121 @@ async fn metrics_cover_every_family_and_pass_promtool() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// Every `sidecache_*` name in `text`, histogram series mapped to their family.
+fn metric_names(text: &str) -> std::collections::BTreeSet<String> {
+    let mut names = std::collections::BTreeSet::new();
+    let mut rest = text;
+    while let Some(i) = rest.find("sidecache_") {
+        let tail = &rest[i..];
+        let end = tail
+            .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+            .unwrap_or(tail.len());
+        let name = &tail[..end];
+        let family = ["_bucket", "_sum", "_count"]
+            .iter()
+            .find_map(|s| name.strip_suffix(s))
+            .unwrap_or(name);
+        names.insert(family.to_owned());
+        rest = &tail[end..];
+    }
+    names
+}
+
+#[tokio::test]
+async fn the_dashboard_and_the_alerts_use_only_metrics_that_exist() {
+    let app = spawn_app().await;
+    let exposed = app
+        .client
+        .get(format!("{}/metrics", app.addr))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let families: std::collections::BTreeSet<String> = exposed
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .filter_map(|l| l.split_whitespace().next())
+        .map(str::to_owned)
+        .collect();
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let dashboard = std::fs::read_to_string(root.join("deploy/grafana/sidecache.json")).unwrap();
+    let parsed: serde_json::Value =
+        serde_json::from_str(&dashboard).expect("the dashboard is JSON");
+    let panels = parsed["panels"].as_array().expect("panels");
+    assert!(panels.len() >= 10);
+    let exprs: Vec<&str> = panels
+        .iter()
+        .flat_map(|p| p["targets"].as_array().into_iter().flatten())
+        .filter_map(|t| t["expr"].as_str())
+        .collect();
+    assert!(exprs.len() >= panels.len(), "every panel queries something");
+    let alerts = std::fs::read_to_string(root.join("deploy/prometheus/alerts.yml")).unwrap();
+    for (what, text) in [("dashboard", exprs.join("\n")), ("alerts", alerts)] {
+        let used = metric_names(&text);
+        assert!(used.len() >= 5, "{what} uses sidecache's metrics");
+        let missing: Vec<&String> = used.iter().filter(|m| !families.contains(*m)).collect();
+        assert!(
+            missing.is_empty(),
+            "{what} uses metrics that do not exist: {missing:?}"
+        );
+    }
+    // The dashboard covers what operators asked for.
+    for needed in [
+        "sidecache_cache_lookups_total",
+        "sidecache_http_request_duration_seconds",
+        "sidecache_redis_operations_total",
+        "sidecache_postgres_queries_total",
+        "sidecache_invalidation_lag_seconds",
+        "sidecache_redis_breaker_state",
+    ] {
+        assert!(dashboard.contains(needed), "the dashboard shows {needed}");
+    }
+}
+
+#[test]
+fn the_alert_rules_pass_promtool_and_their_tests_fire_every_alert() {
+    if Command::new("promtool").arg("--version").output().is_err() {
+        assert!(
+            std::env::var("CI").is_err(),
+            "promtool must be installed in CI"
+        );
+        eprintln!("promtool not installed; skipping the alert rule checks");
+        return;
+    }
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/prometheus");
+    for args in [
+        &["check", "rules", "alerts.yml"][..],
+        &["test", "rules", "alerts_test.yml"][..],
+    ] {
+        let out = Command::new("promtool")
+            .args(args)
+            .current_dir(&dir)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "promtool {args:?}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    // Every alert in the rules has a test that fires it.
+    let rules = std::fs::read_to_string(dir.join("alerts.yml")).unwrap();
+    let tests = std::fs::read_to_string(dir.join("alerts_test.yml")).unwrap();
+    let alerts: Vec<&str> = rules
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("- alert: "))
+        .collect();
+    assert_eq!(alerts.len(), 7);
+    for a in alerts {
+        assert!(
+            tests.contains(&format!(
+                "alertname: {a}\n        exp_alerts:\n          - exp_labels"
+            )),
+            "a test fires {a}"
+        );
+    }
+}

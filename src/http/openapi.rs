@@ -1,0 +1,86 @@
+//! The OpenAPI 3.1 document, generated from the handlers' annotations and the types they answer
+//! (utoipa), served as JSON at `/openapi.json`. The admin routes are in it only when they are
+//! mounted (`admin.token` set), so the document describes exactly what this instance serves.
+
+use axum::extract::State;
+use axum::http::header;
+use axum::response::{IntoResponse, Response};
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::{Modify, OpenApi};
+
+use super::{admin, lookups, ops, writes, AppState};
+
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "sidecache",
+        description = "A caching sidecar for voice-agent platforms: read-through lookups (process memory, Redis, Postgres) that stay fresh. Every lookup answer carries `x-cache` and `age`; errors are `{\"error\": {\"code\", \"message\"}}`.",
+        license(name = "MIT OR Apache-2.0")
+    ),
+    paths(
+        lookups::org_by_id,
+        lookups::org_by_phone,
+        lookups::lead_by_id,
+        lookups::lead_by_phone,
+        lookups::context,
+        lookups::summary,
+        lookups::greeting,
+        lookups::history,
+        lookups::initiation,
+        writes::create_org,
+        writes::update_org,
+        writes::create_lead,
+        writes::update_lead,
+        writes::delete_lead,
+        writes::create_conversation,
+        writes::update_conversation,
+        ops::healthz,
+        ops::readyz,
+        ops::metrics,
+        admin::invalidate,
+        admin::flush,
+        admin::stats,
+        admin::stream,
+    ),
+    modifiers(&AdminToken),
+    tags(
+        (name = "lookups", description = "Cached, read-through"),
+        (name = "writes", description = "To Postgres first, then invalidation, then the answer"),
+        (name = "operations", description = "Health, readiness, metrics"),
+        (name = "admin", description = "Mounted only when admin.token is set; bearer token"),
+    )
+)]
+struct ApiDoc;
+
+struct AdminToken;
+
+impl Modify for AdminToken {
+    fn modify(&self, doc: &mut utoipa::openapi::OpenApi) {
+        if let Some(components) = doc.components.as_mut() {
+            components.add_security_scheme(
+                "admin_token",
+                SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
+            );
+        }
+    }
+}
+
+/// The document as this instance serves it (admin routes only when mounted).
+pub fn document(admin_mounted: bool) -> utoipa::openapi::OpenApi {
+    let mut doc = ApiDoc::openapi();
+    if !admin_mounted {
+        doc.paths
+            .paths
+            .retain(|path, _| !path.starts_with("/admin"));
+    }
+    doc
+}
+
+/// Built on each request: it is asked for rarely, and a process-wide copy would be wrong for a
+/// second instance in the same process (tests) with the other admin setting.
+pub(super) async fn serve(State(state): State<AppState>) -> Response {
+    let body = document(state.admin_token.is_set())
+        .to_json()
+        .unwrap_or_default();
+    ([(header::CONTENT_TYPE, "application/json")], body).into_response()
+}
