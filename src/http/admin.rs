@@ -50,14 +50,9 @@ pub(super) async fn require_token(
         Some(token) if constant_time_eq(token.as_bytes(), expected) => next.run(req).await,
         other => {
             state.metrics.admin_auth_failures.inc();
-            let request_id = req
-                .headers()
-                .get("x-request-id")
-                .and_then(|v| v.to_str().ok())
-                .unwrap_or("");
             tracing::warn!(
                 path = %req.uri().path(),
-                request_id,
+                request_id = %super::request_id(),
                 token = if other.is_some() { "wrong" } else { "missing" },
                 "admin request refused"
             );
@@ -204,7 +199,7 @@ pub(super) async fn invalidate(
             Ok(Some(Dropped::Entries(n))) => redis_dropped += n,
             Ok(_) => {}
             Err(e) => {
-                tracing::warn!(error = %e, "admin invalidation: redis deletion deferred");
+                tracing::warn!(request_id = %super::request_id(), error = %e, "admin invalidation: redis deletion deferred");
                 redis_ok = false;
             }
         }
@@ -213,7 +208,7 @@ pub(super) async fn invalidate(
         match state.invalidator.admin_kinds(&kinds).await {
             Ok(n) => redis_dropped += n,
             Err(e) => {
-                tracing::warn!(error = %e, "admin invalidation of kinds: redis incomplete");
+                tracing::warn!(request_id = %super::request_id(), error = %e, "admin invalidation of kinds: redis incomplete");
                 redis_ok = false;
             }
         }
@@ -246,7 +241,7 @@ pub(super) async fn flush(State(state): State<AppState>) -> Result<Response, Api
         (false, _) => ("disabled", 0),
         (true, Ok(n)) => ("flushed", n),
         (true, Err(e)) => {
-            tracing::warn!(error = %e, "admin flush: redis not flushed");
+            tracing::warn!(request_id = %super::request_id(), error = %e, "admin flush: redis not flushed");
             return Err(ApiError::new(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "redis_unavailable",

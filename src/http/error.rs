@@ -112,15 +112,15 @@ impl From<StoreError> for ApiError {
             ),
             StoreError::Invalid(m) => ApiError::unprocessable("invalid_value", m),
             StoreError::Unavailable(cause) => {
-                tracing::warn!(error = %cause, "postgres unavailable");
+                tracing::warn!(request_id = %super::request_id(), error = %cause, "postgres unavailable");
                 ApiError::unavailable()
             }
             StoreError::Other(cause) => {
-                tracing::error!(error = %cause, "postgres error");
+                tracing::error!(request_id = %super::request_id(), error = %cause, "postgres error");
                 ApiError::internal()
             }
             StoreError::Encode(cause) => {
-                tracing::error!(error = %cause, "response encoding failed");
+                tracing::error!(request_id = %super::request_id(), error = %cause, "response encoding failed");
                 ApiError::internal()
             }
         }
@@ -139,7 +139,7 @@ impl From<CacheError> for ApiError {
             other => {
                 // Cache-tier failures fall back to Postgres inside the cache; reaching here means
                 // a flight was lost, which a retry by the client resolves.
-                tracing::error!(error = %other, "cache failure");
+                tracing::error!(request_id = %super::request_id(), error = %other, "cache failure");
                 ApiError::unavailable()
             }
         }

@@ -5,7 +5,6 @@
 use std::future::Future;
 
 use std::time::Instant;
-use tracing::Instrument;
 
 use axum::extract::State;
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
@@ -154,22 +153,20 @@ where
     F: Future<Output = Result<(T, Commit), E>> + Send + 'static,
 {
     let state = state.clone();
-    let task = tokio::spawn(
+    let task = tokio::spawn(super::with_request_id(
         async move {
-        let (value, commit) = write.await?;
-        // Called as soon as the store returns: the commit happened just now.
-        if let Err(e) = state.invalidator.commit(&commit, Instant::now()).await {
-            tracing::warn!(error = %e, change = ?commit.change, "redis invalidation deferred; L2 bypassed until it lands");
-        }
-        Ok::<_, E>(value)
-        }
-        // Its log lines belong to the request too.
-        .in_current_span(),
-    );
+            let (value, commit) = write.await?;
+            // Called as soon as the store returns: the commit happened just now.
+            if let Err(e) = state.invalidator.commit(&commit, Instant::now()).await {
+                tracing::warn!(request_id = %super::request_id(), error = %e, change = ?commit.change, "redis invalidation deferred; L2 bypassed until it lands");
+            }
+            Ok::<_, E>(value)
+        }, // Its log lines belong to the request too.
+    ));
     match task.await {
         Ok(result) => result.map_err(Into::into),
         Err(e) => {
-            tracing::error!(error = %e, "a write task failed");
+            tracing::error!(request_id = %super::request_id(), error = %e, "a write task failed");
             Err(ApiError::internal())
         }
     }

@@ -251,7 +251,7 @@ fn log_lines_carry_the_request_id_and_never_a_password() {
         "the request's warning carries its id: {seen:#?}"
     );
     let line: serde_json::Value = serde_json::from_str(traced[0]).unwrap();
-    assert_eq!(line["span"]["id"], "trace-me-42", "{line}");
+    assert_eq!(line["request_id"], "trace-me-42", "{line}");
     assert!(
         seen.iter().all(|l| !l.contains("hunter2secret")),
         "no password in the logs: {seen:#?}"
