@@ -365,7 +365,16 @@ async fn the_status_page_renders_the_stream_in_a_real_browser() {
     let url = format!("{}/admin/#token={TOKEN}", app.addr);
     let profile = std::env::temp_dir().join(format!("sidecache-chromium-{}", uuid::Uuid::new_v4()));
 
-    let dom = headless(bin, &profile, &["--dump-dom"], &url).await;
+    // Under a loaded CI machine the first snapshot can miss Chromium's virtual-time budget:
+    // load the page again (a fresh profile each time) before calling it a failure.
+    let mut dom = String::new();
+    for attempt in 0..3 {
+        let profile = profile.join(attempt.to_string());
+        dom = headless(bin, &profile, &["--dump-dom"], &url).await;
+        if dom.contains("data-ready=\"1\"") {
+            break;
+        }
+    }
     assert!(
         dom.contains("data-ready=\"1\""),
         "the first snapshot was rendered: {dom}"
