@@ -453,10 +453,7 @@ async fn org_dependent(
             ("age" = u64, description = "Seconds since the value was read from Postgres"),
             ("etag" = String, description = "Validator for If-None-Match"),
         )),
-        (status = 304, description = "The client's copy (If-None-Match) is current"),
-        (status = 400, description = "Malformed input", body = ErrorBody),
-        (status = 404, description = "Nothing there (cached briefly as a negative entry)", body = ErrorBody),
-        (status = 503, description = "Postgres unavailable and nothing servable cached", body = ErrorBody),
+        LookupFailures,
     )
 )]
 pub(super) async fn org_by_id(
@@ -486,10 +483,7 @@ pub(super) async fn org_by_id(
             ("age" = u64, description = "Seconds since the value was read from Postgres"),
             ("etag" = String, description = "Validator for If-None-Match"),
         )),
-        (status = 304, description = "The client's copy (If-None-Match) is current"),
-        (status = 400, description = "Malformed input", body = ErrorBody),
-        (status = 404, description = "Nothing there (cached briefly as a negative entry)", body = ErrorBody),
-        (status = 503, description = "Postgres unavailable and nothing servable cached", body = ErrorBody),
+        LookupFailures,
     )
 )]
 pub(super) async fn org_by_phone(
@@ -521,10 +515,7 @@ pub(super) async fn org_by_phone(
             ("age" = u64, description = "Seconds since the value was read from Postgres"),
             ("etag" = String, description = "Validator for If-None-Match"),
         )),
-        (status = 304, description = "The client's copy (If-None-Match) is current"),
-        (status = 400, description = "Malformed input", body = ErrorBody),
-        (status = 404, description = "Nothing there (cached briefly as a negative entry)", body = ErrorBody),
-        (status = 503, description = "Postgres unavailable and nothing servable cached", body = ErrorBody),
+        LookupFailures,
     )
 )]
 pub(super) async fn lead_by_id(
@@ -559,10 +550,7 @@ fn org_query(q: &QueryPairs) -> Result<OrgId, ApiError> {
             ("age" = u64, description = "Seconds since the value was read from Postgres"),
             ("etag" = String, description = "Validator for If-None-Match"),
         )),
-        (status = 304, description = "The client's copy (If-None-Match) is current"),
-        (status = 400, description = "Malformed input", body = ErrorBody),
-        (status = 404, description = "Nothing there (cached briefly as a negative entry)", body = ErrorBody),
-        (status = 503, description = "Postgres unavailable and nothing servable cached", body = ErrorBody),
+        LookupFailures,
     )
 )]
 pub(super) async fn lead_by_phone(
@@ -596,10 +584,7 @@ pub(super) async fn lead_by_phone(
             ("age" = u64, description = "Seconds since the value was read from Postgres"),
             ("etag" = String, description = "Validator for If-None-Match"),
         )),
-        (status = 304, description = "The client's copy (If-None-Match) is current"),
-        (status = 400, description = "Malformed input", body = ErrorBody),
-        (status = 404, description = "Nothing there (cached briefly as a negative entry)", body = ErrorBody),
-        (status = 503, description = "Postgres unavailable and nothing servable cached", body = ErrorBody),
+        LookupFailures,
     )
 )]
 pub(super) async fn context(
@@ -630,10 +615,7 @@ pub(super) async fn context(
             ("age" = u64, description = "Seconds since the value was read from Postgres"),
             ("etag" = String, description = "Validator for If-None-Match"),
         )),
-        (status = 304, description = "The client's copy (If-None-Match) is current"),
-        (status = 400, description = "Malformed input", body = ErrorBody),
-        (status = 404, description = "Nothing there (cached briefly as a negative entry)", body = ErrorBody),
-        (status = 503, description = "Postgres unavailable and nothing servable cached", body = ErrorBody),
+        LookupFailures,
     )
 )]
 pub(super) async fn summary(
@@ -663,10 +645,7 @@ pub(super) async fn summary(
             ("age" = u64, description = "Seconds since the value was read from Postgres"),
             ("etag" = String, description = "Validator for If-None-Match"),
         )),
-        (status = 304, description = "The client's copy (If-None-Match) is current"),
-        (status = 400, description = "Malformed input", body = ErrorBody),
-        (status = 404, description = "Nothing there (cached briefly as a negative entry)", body = ErrorBody),
-        (status = 503, description = "Postgres unavailable and nothing servable cached", body = ErrorBody),
+        LookupFailures,
     )
 )]
 pub(super) async fn greeting(
@@ -699,10 +678,7 @@ pub(super) async fn greeting(
             ("age" = u64, description = "Seconds since the value was read from Postgres"),
             ("etag" = String, description = "Validator for If-None-Match"),
         )),
-        (status = 304, description = "The client's copy (If-None-Match) is current"),
-        (status = 400, description = "Malformed input", body = ErrorBody),
-        (status = 404, description = "Nothing there (cached briefly as a negative entry)", body = ErrorBody),
-        (status = 503, description = "Postgres unavailable and nothing servable cached", body = ErrorBody),
+        LookupFailures,
     )
 )]
 pub(super) async fn history(
@@ -739,6 +715,24 @@ fn combine(a: CacheStatus, b: CacheStatus) -> CacheStatus {
     } else {
         a
     }
+}
+
+/// The error answers every cached lookup can give (for the OpenAPI document).
+#[derive(utoipa::IntoResponses)]
+#[allow(dead_code)]
+enum LookupFailures {
+    /// The client's copy (If-None-Match) is current
+    #[response(status = 304)]
+    NotModified,
+    /// Malformed input
+    #[response(status = 400)]
+    Malformed(ErrorBody),
+    /// Nothing there (cached briefly as a negative entry)
+    #[response(status = 404)]
+    NotFound(ErrorBody),
+    /// Postgres unavailable and nothing servable cached
+    #[response(status = 503)]
+    Unavailable(ErrorBody),
 }
 
 /// The answer of `GET /v1/calls/initiation` (assembled from the parts' cached bytes; this type

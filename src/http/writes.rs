@@ -25,6 +25,27 @@ use crate::store::{
     StoreError,
 };
 
+/// The error answers every write can give (for the OpenAPI document).
+#[derive(utoipa::IntoResponses)]
+#[allow(dead_code)]
+enum WriteFailures {
+    /// Malformed input (phone, id, JSON)
+    #[response(status = 400)]
+    Malformed(ErrorBody),
+    /// Body larger than the limit
+    #[response(status = 413)]
+    TooLarge(ErrorBody),
+    /// Not `application/json`
+    #[response(status = 415)]
+    NotJson(ErrorBody),
+    /// Well-formed but invalid
+    #[response(status = 422)]
+    Invalid(ErrorBody),
+    /// Postgres unavailable; nothing was written
+    #[response(status = 503)]
+    Unavailable(ErrorBody),
+}
+
 /// Distinguishes an absent field (`None`) from an explicit `null` (`Some(None)`).
 fn double_option<'de, T: Deserialize<'de>, D: Deserializer<'de>>(
     d: D,
@@ -192,11 +213,7 @@ pub(super) struct CreateOrg {
     responses(
         (status = 201, description = "Created", body = Organization, headers(("etag" = String, description = "The new version"))),
         (status = 409, description = "Duplicate phone number", body = ErrorBody),
-        (status = 400, description = "Malformed input (phone, id, JSON)", body = ErrorBody),
-        (status = 413, description = "Body larger than the limit", body = ErrorBody),
-        (status = 415, description = "Not `application/json`", body = ErrorBody),
-        (status = 422, description = "Well-formed but invalid", body = ErrorBody),
-        (status = 503, description = "Postgres unavailable; nothing was written", body = ErrorBody),
+        WriteFailures,
     )
 )]
 pub(super) async fn create_org(
@@ -256,11 +273,7 @@ pub(super) struct PatchOrg {
         (status = 404, description = "No such row", body = ErrorBody),
         (status = 409, description = "Duplicate phone number", body = ErrorBody),
         (status = 412, description = "If-Match: the row moved on", body = ErrorBody),
-        (status = 400, description = "Malformed input (phone, id, JSON)", body = ErrorBody),
-        (status = 413, description = "Body larger than the limit", body = ErrorBody),
-        (status = 415, description = "Not `application/json`", body = ErrorBody),
-        (status = 422, description = "Well-formed but invalid", body = ErrorBody),
-        (status = 503, description = "Postgres unavailable; nothing was written", body = ErrorBody),
+        WriteFailures,
     )
 )]
 pub(super) async fn update_org(
@@ -319,11 +332,7 @@ pub(super) struct CreateLead {
     responses(
         (status = 201, description = "Created", body = Lead, headers(("etag" = String, description = "The new version"))),
         (status = 409, description = "Duplicate phone number", body = ErrorBody),
-        (status = 400, description = "Malformed input (phone, id, JSON)", body = ErrorBody),
-        (status = 413, description = "Body larger than the limit", body = ErrorBody),
-        (status = 415, description = "Not `application/json`", body = ErrorBody),
-        (status = 422, description = "Well-formed but invalid", body = ErrorBody),
-        (status = 503, description = "Postgres unavailable; nothing was written", body = ErrorBody),
+        WriteFailures,
     )
 )]
 pub(super) async fn create_lead(
@@ -407,11 +416,7 @@ fn nullable_text(
         (status = 404, description = "No such row", body = ErrorBody),
         (status = 409, description = "Duplicate phone number", body = ErrorBody),
         (status = 412, description = "If-Match: the row moved on", body = ErrorBody),
-        (status = 400, description = "Malformed input (phone, id, JSON)", body = ErrorBody),
-        (status = 413, description = "Body larger than the limit", body = ErrorBody),
-        (status = 415, description = "Not `application/json`", body = ErrorBody),
-        (status = 422, description = "Well-formed but invalid", body = ErrorBody),
-        (status = 503, description = "Postgres unavailable; nothing was written", body = ErrorBody),
+        WriteFailures,
     )
 )]
 pub(super) async fn update_lead(
@@ -456,11 +461,7 @@ pub(super) async fn update_lead(
     responses(
         (status = 204, description = "Deleted"),
         (status = 404, description = "No such row", body = ErrorBody),
-        (status = 400, description = "Malformed input (phone, id, JSON)", body = ErrorBody),
-        (status = 413, description = "Body larger than the limit", body = ErrorBody),
-        (status = 415, description = "Not `application/json`", body = ErrorBody),
-        (status = 422, description = "Well-formed but invalid", body = ErrorBody),
-        (status = 503, description = "Postgres unavailable; nothing was written", body = ErrorBody),
+        WriteFailures,
     )
 )]
 pub(super) async fn delete_lead(
@@ -513,11 +514,7 @@ fn check_times(
     responses(
         (status = 201, description = "Created", body = Conversation, headers(("etag" = String, description = "The new version"))),
         (status = 404, description = "No such row", body = ErrorBody),
-        (status = 400, description = "Malformed input (phone, id, JSON)", body = ErrorBody),
-        (status = 413, description = "Body larger than the limit", body = ErrorBody),
-        (status = 415, description = "Not `application/json`", body = ErrorBody),
-        (status = 422, description = "Well-formed but invalid", body = ErrorBody),
-        (status = 503, description = "Postgres unavailable; nothing was written", body = ErrorBody),
+        WriteFailures,
     )
 )]
 pub(super) async fn create_conversation(
@@ -572,11 +569,7 @@ pub(super) struct PatchConversation {
         (status = 200, description = "Changed", body = Conversation, headers(("etag" = String, description = "The new version"))),
         (status = 404, description = "No such row", body = ErrorBody),
         (status = 412, description = "If-Match: the row moved on", body = ErrorBody),
-        (status = 400, description = "Malformed input (phone, id, JSON)", body = ErrorBody),
-        (status = 413, description = "Body larger than the limit", body = ErrorBody),
-        (status = 415, description = "Not `application/json`", body = ErrorBody),
-        (status = 422, description = "Well-formed but invalid", body = ErrorBody),
-        (status = 503, description = "Postgres unavailable; nothing was written", body = ErrorBody),
+        WriteFailures,
     )
 )]
 pub(super) async fn update_conversation(
