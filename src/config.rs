@@ -635,6 +635,20 @@ impl Settings {
                 "must not exceed postgres.max_connections".into(),
             ));
         }
+        // Redis fences outlive their last bump by two minutes; a load that read Postgres before a
+        // write must finish well within that, or its fill could slip past an expired fence.
+        if self.postgres.statement_timeout_ms > 30_000 || self.postgres.acquire_timeout_ms > 10_000
+        {
+            let key = if self.postgres.statement_timeout_ms > 30_000 {
+                "postgres.statement_timeout_ms"
+            } else {
+                "postgres.acquire_timeout_ms"
+            };
+            return Err(fail(
+                key,
+                "must keep a load under the fences' two minutes (statement at most 30000, acquire at most 10000)".into(),
+            ));
+        }
         for (key, v) in [
             (
                 "postgres.acquire_timeout_ms",

@@ -27,7 +27,6 @@ pub const REDIS_COMMANDS: &[&str] = &[
     "fill",
     "release",
     "invalidate",
-    "publish",
     "ping",
     "scan",
     "unlink",

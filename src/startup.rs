@@ -137,14 +137,8 @@ impl Application {
                     heartbeat: Duration::from_millis(co.heartbeat_ms),
                     connect_timeout: Duration::from_millis(settings.redis.connect_timeout_ms),
                 };
-                let (bus, sender) = Bus::new(
-                    cfg,
-                    &instance,
-                    remote.clone(),
-                    coherence.clone(),
-                    metrics.clone(),
-                )
-                .map_err(|e| anyhow::anyhow!("coherence.bus_url: {e}"))?;
+                let (bus, sender) = Bus::new(cfg, &instance, coherence.clone(), metrics.clone())
+                    .map_err(|e| anyhow::anyhow!("coherence.bus_url: {e}"))?;
                 Some((bus, sender))
             }
             _ => None,

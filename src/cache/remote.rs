@@ -592,16 +592,6 @@ impl Remote {
         done
     }
 
-    /// Publishes messages on a channel, in order, in one round trip.
-    pub async fn publish(&self, channel: &str, payloads: &[Vec<u8>]) -> Result<(), CacheError> {
-        let mut conn = self.conn()?;
-        let mut pipe = redis::pipe();
-        for p in payloads {
-            pipe.cmd("PUBLISH").arg(channel).arg(p.as_slice()).ignore();
-        }
-        self.run("publish", pipe.query_async::<()>(&mut conn)).await
-    }
-
     /// Drops every value of `kind` (admin): moves the kind's fence first, so no fill that read
     /// Postgres before this lands, then deletes the kind's values by SCANning this namespace for
     /// its key prefix (never the whole keyspace), moving each key's fence as it goes.
@@ -622,7 +612,10 @@ impl Remote {
         for keys in self.scan(&pattern).await? {
             let keys: Vec<CacheKey> = keys
                 .iter()
-                .filter_map(|k| CacheKey::parse(&k[self.prefix.len()..]))
+                .filter_map(|k| {
+                    k.strip_prefix(self.prefix.as_str())
+                        .and_then(CacheKey::parse)
+                })
                 .filter(|k| k.kind() == kind)
                 .collect();
             let d = Deletion {

@@ -189,6 +189,17 @@ impl Tiered {
         &self.coherence
     }
 
+    /// How long an L1 entry is kept past its freshness for fail-safe answers: not at all while a
+    /// channel is down (the entry may have missed an invalidation; only its short fresh life is
+    /// trusted), else the kind's `max_stale`.
+    fn l1_stale(&self, policy: &Policy) -> Duration {
+        if self.coherence.l1_ttl_cap().is_some() {
+            Duration::ZERO
+        } else {
+            policy.max_stale
+        }
+    }
+
     /// How long L1 may keep an entry with `remaining` time to live.
     fn l1_ttl(&self, remaining: Duration, policy_cap: Duration) -> Duration {
         let ttl = remaining.min(policy_cap);
@@ -291,7 +302,16 @@ impl Tiered {
         let hard_at = started + self.fail_safe.deadline;
         let mut load = Some(load);
         loop {
-            let mut rx = self.join_or_start(key, tags, &mut load, false)?;
+            let mut rx = match self.join_or_start(key, tags, &mut load, false) {
+                Ok(rx) => rx,
+                // Our flight died (a panic) and the load went with it: the stale value, if any.
+                Err(e) => {
+                    return match stale {
+                        Some(s) => Ok(self.serve_stale(kind, s, "error")),
+                        None => Err(e),
+                    }
+                }
+            };
             loop {
                 let progress = rx.borrow_and_update().clone();
                 if let Some(result) = progress.done {
@@ -552,7 +572,7 @@ impl Tiered {
                 entry.clone(),
                 fence,
                 self.l1_ttl(ttl, policy.l1_max_ttl),
-                policy.max_stale,
+                self.l1_stale(&policy),
             )
             .await;
         self.count_fill(kind, "l1", stored);
@@ -571,7 +591,7 @@ impl Tiered {
         let ttl = self.l1_ttl(entry.remaining(now_ms()), policy.l1_max_ttl);
         let stored = self
             .local
-            .insert(key, entry.clone(), fence, ttl, policy.max_stale)
+            .insert(key, entry.clone(), fence, ttl, self.l1_stale(policy))
             .await;
         self.count_fill(key.kind().as_str(), "l1", stored);
         Lookup {

@@ -19,9 +19,14 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
 use super::{Invalidation, Invalidator};
-use crate::cache::{now_ms, CacheKey, Coherence, Kind, Remote, Tag};
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+
+use crate::cache::{now_ms, CacheKey, Coherence, Kind, Tag};
 use crate::domain::TxId;
 use crate::metrics::Metrics;
+
+/// How long a silent peer's last sequence number is remembered.
+const PEER_MEMORY: Duration = Duration::from_secs(3600);
 
 /// Bus settings.
 #[derive(Debug, Clone)]
@@ -104,7 +109,6 @@ pub struct Bus {
     cfg: BusConfig,
     origin: String,
     client: redis::Client,
-    remote: Arc<Remote>,
     coherence: Arc<Coherence>,
     metrics: Arc<Metrics>,
     /// Heartbeats published successfully and not heard back yet: (sequence, when). A std Mutex:
@@ -116,12 +120,11 @@ pub struct Bus {
 }
 
 impl Bus {
-    /// A bus for instance `origin`, publishing through `remote`'s connection. Returns the bus (to
+    /// A bus for instance `origin`, publishing and subscribing on `cfg.url`. Returns the bus (to
     /// [`Bus::spawn`]) and the sender for the invalidator.
     pub fn new(
         cfg: BusConfig,
         origin: &str,
-        remote: Arc<Remote>,
         coherence: Arc<Coherence>,
         metrics: Arc<Metrics>,
     ) -> Result<(Arc<Self>, BusSender), redis::RedisError> {
@@ -131,7 +134,6 @@ impl Bus {
             cfg,
             origin: origin.to_owned(),
             client,
-            remote,
             coherence,
             metrics,
             unheard: std::sync::Mutex::new(VecDeque::new()),
@@ -181,6 +183,8 @@ impl Bus {
         mut stop: watch::Receiver<bool>,
     ) {
         let mut seq = 0u64;
+        // Its own connection to the bus's Redis (which may not be the cache's).
+        let mut conn: Option<ConnectionManager> = None;
         let mut tick = tokio::time::interval(self.cfg.heartbeat);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -216,11 +220,7 @@ impl Bus {
                 };
                 payloads.push(self.encode(seq, &beat));
             }
-            let sent = self
-                .remote
-                .publish(&self.cfg.channel, &payloads)
-                .await
-                .is_ok();
+            let sent = self.publish(&mut conn, &payloads).await;
             if sent {
                 let m = &self.metrics.bus_messages;
                 m.with_label_values(&["sent", "invalidation"])
@@ -242,6 +242,34 @@ impl Bus {
                 );
             }
         }
+    }
+
+    /// Publishes `payloads` on the channel, in order, in one round trip; false if it could not.
+    async fn publish(&self, conn: &mut Option<ConnectionManager>, payloads: &[Vec<u8>]) -> bool {
+        if conn.is_none() {
+            let cfg = ConnectionManagerConfig::new()
+                .set_connection_timeout(Some(self.cfg.connect_timeout))
+                .set_response_timeout(Some(self.cfg.connect_timeout));
+            let connect = ConnectionManager::new_with_config(self.client.clone(), cfg);
+            *conn = tokio::time::timeout(self.cfg.connect_timeout, connect)
+                .await
+                .ok()
+                .and_then(Result::ok);
+        }
+        let Some(c) = conn.as_mut() else {
+            return false;
+        };
+        let mut pipe = redis::pipe();
+        for p in payloads {
+            pipe.cmd("PUBLISH")
+                .arg(&self.cfg.channel)
+                .arg(p.as_slice())
+                .ignore();
+        }
+        matches!(
+            tokio::time::timeout(self.cfg.connect_timeout, pipe.query_async::<()>(c)).await,
+            Ok(Ok(()))
+        )
     }
 
     fn encode(&self, seq: u64, m: &Outgoing) -> Vec<u8> {
@@ -325,19 +353,23 @@ impl Bus {
         stop: &mut watch::Receiver<bool>,
     ) -> Option<&'static str> {
         let mut stream = pubsub.into_on_message();
+        let subscribed_at = Instant::now();
         let mut peers: HashMap<String, (u64, Instant)> = HashMap::new();
         let mut watchdog = tokio::time::interval(self.cfg.heartbeat);
         loop {
             tokio::select! {
                 msg = stream.next() => {
                     let Some(msg) = msg else { return Some("connection closed") };
-                    self.handle(msg.get_payload_bytes(), invalidator, &mut peers).await;
+                    // Past a few heartbeats every live peer has been heard from at least once.
+                    let settled = subscribed_at.elapsed() > 3 * self.cfg.heartbeat;
+                    self.handle(msg.get_payload_bytes(), invalidator, &mut peers, settled).await;
                 }
                 _ = watchdog.tick() => {
                     if self.heartbeat_overdue() {
                         return Some("own heartbeat not heard back");
                     }
-                    peers.retain(|_, (_, seen)| seen.elapsed() < Duration::from_secs(60));
+                    // Peers that went away (a restart is a new origin) are forgotten after an hour.
+                    peers.retain(|_, (_, seen)| seen.elapsed() < PEER_MEMORY);
                 }
                 _ = crate::startup::stopped(stop) => return None,
             }
@@ -349,6 +381,7 @@ impl Bus {
         payload: &[u8],
         invalidator: &Invalidator,
         peers: &mut HashMap<String, (u64, Instant)>,
+        settled: bool,
     ) {
         let Ok(wire) = serde_json::from_slice::<Wire>(payload) else {
             tracing::debug!("ignoring a malformed bus message");
@@ -371,17 +404,22 @@ impl Bus {
             return;
         }
         let previous = peers.insert(wire.o.clone(), (wire.s, Instant::now()));
-        if let Some((last, _)) = previous {
-            if wire.s != last + 1 {
-                self.metrics.bus_gaps.inc();
-                invalidator.cache().flush_local("bus_gap");
-                tracing::warn!(
-                    peer = %wire.o,
-                    expected = last + 1,
-                    got = wire.s,
-                    "lost a peer's bus message; L1 flushed"
-                );
-            }
+        // A peer first heard in the middle of its sequence, once this subscription has settled,
+        // sent messages we never got (it was silent longer than we remember, say).
+        let expected = match previous {
+            Some((last, _)) => Some(last.saturating_add(1)),
+            None if settled => Some(1),
+            None => None,
+        };
+        if let Some(expected) = expected.filter(|e| *e != wire.s) {
+            self.metrics.bus_gaps.inc();
+            invalidator.cache().flush_local("bus_gap");
+            tracing::warn!(
+                peer = %wire.o,
+                expected,
+                got = wire.s,
+                "lost a peer's bus message; L1 flushed"
+            );
         }
         if is_heartbeat {
             return;

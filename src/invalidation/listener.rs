@@ -75,7 +75,8 @@ impl Listener {
     /// Listens, replays and applies until `stop` is set; reconnects by itself.
     pub async fn run(self: Arc<Self>, mut stop: watch::Receiver<bool>) {
         let mut cursor: Option<Cursor> = None;
-        let mut down_since: Option<Instant> = None;
+        // When the outbox was last read in full.
+        let mut last_read: Option<Instant> = None;
         let mut backoff = super::Backoff::new();
         loop {
             if *stop.borrow() {
@@ -100,25 +101,32 @@ impl Listener {
                 .await
                 {
                     Ok(Ok(c)) => cursor = Some(c),
-                    _ => continue,
+                    _ => {
+                        if !backoff.wait(&mut stop).await {
+                            return;
+                        }
+                        continue;
+                    }
                 }
             }
-            // Away for longer than the outbox keeps rows: some changes are gone for good.
-            if down_since.is_some_and(|t| t.elapsed() + self.cfg.poll >= self.cfg.retention) {
+            // Away for longer than the outbox keeps rows (counted from the last good read): some
+            // changes may be gone for good.
+            if last_read.is_some_and(|t| t.elapsed() >= self.cfg.retention) {
                 self.invalidator.cache().flush_local("listener_gap");
                 tracing::warn!(
                     "change listener was away longer than the outbox retention; L1 flushed"
                 );
             }
             let Some(cur) = cursor.as_mut() else { continue };
-            let outcome = self.serve(&mut listener, cur, &mut stop).await;
+            let outcome = self
+                .serve(&mut listener, cur, &mut stop, &mut last_read)
+                .await;
             self.coherence.set_listener(false);
             self.metrics.listener_up.set(0);
             match outcome {
                 Ok(()) => return,
                 Err(e) => {
                     tracing::warn!(error = %e, "change listener lost its connection; replaying the outbox when it is back");
-                    down_since.get_or_insert_with(Instant::now);
                 }
             }
         }
@@ -146,8 +154,10 @@ impl Listener {
         listener: &mut PgListener,
         cursor: &mut Cursor,
         stop: &mut watch::Receiver<bool>,
+        last_read: &mut Option<Instant>,
     ) -> Result<(), StoreError> {
         self.catch_up(listener, cursor).await?;
+        *last_read = Some(Instant::now());
         self.coherence.set_listener(true);
         self.metrics.listener_up.set(1);
         tracing::info!(
@@ -163,11 +173,15 @@ impl Listener {
                         // One read serves every notification already waiting.
                         while listener.next_buffered().is_some() {}
                         self.catch_up(listener, cursor).await?;
+                        *last_read = Some(Instant::now());
                     }
                     Ok(None) => return Err(StoreError::Unavailable(Arc::new(sqlx::Error::PoolClosed))),
                     Err(e) => return Err(StoreError::Unavailable(Arc::new(e))),
                 },
-                _ = poll.tick() => self.catch_up(listener, cursor).await?,
+                _ = poll.tick() => {
+                    self.catch_up(listener, cursor).await?;
+                    *last_read = Some(Instant::now());
+                }
                 _ = crate::startup::stopped(stop) => return Ok(()),
             }
         }

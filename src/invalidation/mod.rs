@@ -128,18 +128,18 @@ pub fn keys_for(change: &Change) -> Invalidation {
     Invalidation { keys, tags }
 }
 
-/// Transactions whose keys a peer's bus message already dropped from this instance's L1, so the
-/// change listener does not drop them again when their outbox rows arrive. Entries are forgotten
-/// after [`RECENT_FOR`].
+/// Transactions recently handled on this instance: by its own write routes (everything), or by a
+/// peer's bus message (L1 only). The change listener consults it so it does not drop the same
+/// keys again when their outbox rows arrive. Entries are forgotten after [`RECENT_FOR`].
 #[derive(Debug, Default)]
-struct PeerHandled {
+struct Handled {
     // A std Mutex: nothing is awaited while it is held.
     map: Mutex<HashMap<TxId, Instant>>,
 }
 
 const RECENT_FOR: Duration = Duration::from_secs(300);
 
-impl PeerHandled {
+impl Handled {
     fn note(&self, txid: TxId) {
         let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
         if map.len() >= 4096 {
@@ -152,7 +152,27 @@ impl PeerHandled {
         let map = self.map.lock().unwrap_or_else(|p| p.into_inner());
         map.get(&txid).is_some_and(|at| at.elapsed() < RECENT_FOR)
     }
+
+    /// Waits up to `patience` for `txid` to be noted.
+    async fn wait_for(&self, txid: TxId, patience: Duration) -> bool {
+        let deadline = Instant::now() + patience;
+        loop {
+            if self.contains(txid) {
+                return true;
+            }
+            if Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
 }
+
+/// How long the listener waits for this instance's write route to claim a transaction whose
+/// outbox rows it wrote. The route claims it as soon as the statement returns; a claim that
+/// does not come means the write failed after committing (the client was told it failed), and
+/// the listener invalidates in its stead.
+const OWN_WRITE_PATIENCE: Duration = Duration::from_millis(200);
 
 /// Applies invalidations from every source to the tiers and the peers, and counts them.
 #[derive(Clone)]
@@ -160,7 +180,8 @@ pub struct Invalidator {
     cache: Arc<Tiered>,
     metrics: Arc<Metrics>,
     bus: Option<BusSender>,
-    peer_handled: Arc<PeerHandled>,
+    own_handled: Arc<Handled>,
+    peer_handled: Arc<Handled>,
     /// The `application_name` of this instance's pool: outbox rows written under it come from
     /// this instance's write routes, which invalidate before they answer.
     origin: String,
@@ -177,7 +198,8 @@ impl Invalidator {
             cache,
             metrics,
             bus,
-            peer_handled: Arc::new(PeerHandled::default()),
+            own_handled: Arc::new(Handled::default()),
+            peer_handled: Arc::new(Handled::default()),
             origin: origin.to_owned(),
         }
     }
@@ -205,30 +227,36 @@ impl Invalidator {
     /// is owed and retried (L2 is bypassed meanwhile) and reported to the caller.
     pub async fn commit(&self, commit: &Commit, committed_at: Instant) -> Result<(), CacheError> {
         self.count(Source::Write);
+        self.own_handled.note(commit.txid);
         let inv = keys_for(&commit.change);
         // Peers are told after Redis: told first, they could refill their L1 from the old L2.
         let peers = self.bus.as_ref().map(|_| inv.clone());
         let remote = self.cache.invalidate(inv, Marker::Write(commit.txid)).await;
         if let (Some(bus), Some(inv)) = (&self.bus, peers) {
-            bus.send(Some(commit.txid), inv);
+            // The transaction id tells a peer's listener it need not drop L1 again; that is only
+            // true if Redis no longer holds the old value (else the peer may refill its L1 from
+            // it, and its listener must drop it once more, after fixing Redis).
+            let txid = remote.is_ok().then_some(commit.txid);
+            bus.send(txid, inv);
         }
         self.lag(Source::Write, committed_at.elapsed().as_secs_f64());
         remote.map(|_| ())
     }
 
     /// The changes of one committed transaction, read from the outbox. Parts that this instance
-    /// (or, for Redis, anyone) already dropped are skipped: its own writes entirely (their write
-    /// route runs the invalidation to the end, even if the client hangs up), L1 when a peer's
-    /// message already dropped it, Redis when another instance's marker says it is done.
+    /// (or, for Redis, anyone) already dropped are skipped: its own writes entirely once their
+    /// write route claimed them (it runs the invalidation to the end, even if the client hangs
+    /// up), L1 when a peer's message already dropped it, Redis when another instance's marker
+    /// says it is done.
     pub async fn replay(&self, txid: TxId, changes: &[OutboxChange]) -> Result<(), CacheError> {
         let Some(first) = changes.first() else {
             return Ok(());
         };
         let rows = changes.len() as u64;
-        if changes
+        let own = changes
             .iter()
-            .all(|c| c.origin.as_deref() == Some(self.origin.as_str()))
-        {
+            .all(|c| c.origin.as_deref() == Some(self.origin.as_str()));
+        if own && self.own_handled.wait_for(txid, OWN_WRITE_PATIENCE).await {
             self.metrics
                 .outbox_rows
                 .with_label_values(&["own_write"])

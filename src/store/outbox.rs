@@ -155,8 +155,22 @@ pub async fn start(conn: &mut PgListener, metrics: &Metrics) -> Result<Cursor, S
 
 /// Reads every change committed since the cursor, in id order, and advances it. Rows already
 /// returned by an earlier call are not returned again. Reads at most `batch` new rows per
-/// statement, looping until it has them all.
+/// statement, looping until it has them all. The cursor moves only if every statement
+/// succeeded (and the future was not dropped): a read that fails half-way returns nothing and
+/// leaves the cursor where it was, so the rows it had seen are read again.
 pub async fn read_since(
+    conn: &mut PgListener,
+    cursor: &mut Cursor,
+    batch: i64,
+    metrics: &Metrics,
+) -> Result<Vec<OutboxChange>, StoreError> {
+    let mut next = cursor.clone();
+    let out = read_into(conn, &mut next, batch, metrics).await?;
+    *cursor = next;
+    Ok(out)
+}
+
+async fn read_into(
     conn: &mut PgListener,
     cursor: &mut Cursor,
     batch: i64,

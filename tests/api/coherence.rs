@@ -415,6 +415,35 @@ async fn a_lost_peer_message_flushes_l1() {
 }
 
 #[tokio::test]
+async fn a_peer_first_heard_in_mid_sequence_counts_as_a_gap() {
+    let a = spawn_app().await;
+    let b = a.spawn_peer(|s| s.coherence.listener = false).await;
+    let w = world(&a).await;
+    let path = format!("/v1/leads/{}", w.lead_id());
+    warm(&b, &path).await;
+    // Long enough for B to have heard every live peer (three heartbeats).
+    tokio::time::sleep(Duration::from_millis(1800)).await;
+    let mut conn = a.redis.clone();
+    let msg = json!({"o": "long-silent-peer", "s": 7, "t": 0, "k": []});
+    let _: i64 = redis::cmd("PUBLISH")
+        .arg(format!("{}:v1:bus", a.namespace))
+        .arg(msg.to_string())
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert!(
+        eventually(BOUND, || async {
+            b.metric("sidecache_l1_flushes_total", &[("reason", "bus_gap")])
+                .await
+                == 1.0
+        })
+        .await,
+        "messages 1-6 of that peer were never heard"
+    );
+    assert_ne!(b.get(&path).await.cache(), "HIT-L1");
+}
+
+#[tokio::test]
 async fn a_fill_on_one_instance_that_raced_a_write_on_another_is_rejected() {
     let a = spawn_app().await;
     let b = a.spawn_peer(|_| {}).await;
