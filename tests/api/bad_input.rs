@@ -107,15 +107,7 @@ async fn bad_input_gets_a_clear_json_4xx() {
     assert_eq!(bad_if_match.error_code(), "invalid_if_match");
     // None of it changed the lead, and nothing answered 5xx.
     assert_eq!(app.get(&format!("/v1/leads/{l}")).await.version(), 1);
-    let text = app
-        .client
-        .get(format!("{}/metrics", app.addr))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = app.metrics_text().await;
     assert!(
         !text
             .lines()

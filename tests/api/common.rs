@@ -342,18 +342,21 @@ impl TestApp {
         keys
     }
 
-    /// The sum of a metric's samples whose labels include every `label="value"` given.
-    pub async fn metric(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
-        let text = self
-            .client
+    /// The `/metrics` exposition.
+    pub async fn metrics_text(&self) -> String {
+        self.client
             .get(format!("{}/metrics", self.addr))
             .send()
             .await
             .unwrap()
             .text()
             .await
-            .unwrap();
-        sum_metric(&text, name, labels)
+            .unwrap()
+    }
+
+    /// The sum of a metric's samples whose labels include every `label="value"` given.
+    pub async fn metric(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
+        sum_metric(&self.metrics_text().await, name, labels)
     }
 
     /// A second instance on the same database and Redis namespace (a peer in the same fleet),

@@ -25,6 +25,18 @@ fn temp_config(body: &str) -> std::path::PathBuf {
     p
 }
 
+/// The child's stdout, line by line, as it comes.
+fn lines_of(child: &mut std::process::Child) -> std::sync::mpsc::Receiver<String> {
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    rx
+}
+
 fn listen_of(out: &[u8]) -> String {
     let text = String::from_utf8_lossy(out);
     text.lines()
@@ -157,13 +169,7 @@ fn redis_disabled_warns_at_start() {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    let stdout = child.stdout.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            let _ = tx.send(line);
-        }
-    });
+    let rx = lines_of(&mut child);
     let deadline = Instant::now() + Duration::from_secs(20);
     let mut seen = Vec::new();
     let mut warned = false;
@@ -209,13 +215,7 @@ fn log_lines_carry_the_request_id_and_never_a_password() {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    let stdout = child.stdout.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            let _ = tx.send(line);
-        }
-    });
+    let rx = lines_of(&mut child);
     let mut seen = Vec::new();
     let deadline = Instant::now() + Duration::from_secs(20);
     while Instant::now() < deadline && !seen.iter().any(|l: &String| l.contains("listening")) {

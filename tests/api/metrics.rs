@@ -135,15 +135,7 @@ fn metric_names(text: &str) -> std::collections::BTreeSet<String> {
 #[tokio::test]
 async fn the_dashboard_and_the_alerts_use_only_metrics_that_exist() {
     let app = spawn_app().await;
-    let exposed = app
-        .client
-        .get(format!("{}/metrics", app.addr))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let exposed = app.metrics_text().await;
     let families: std::collections::BTreeSet<String> = exposed
         .lines()
         .filter_map(|l| l.strip_prefix("# TYPE "))
