@@ -8,7 +8,7 @@ use prometheus::{
     IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
-use crate::cache::{CacheStatus, Kind};
+use crate::cache::{CacheStatus, Kind, ResetCause};
 
 /// Latency buckets in seconds, from 50 µs (an L1 hit) to 10 s (a stuck query).
 pub const LATENCY_BUCKETS: &[f64] = &[
@@ -27,7 +27,8 @@ pub const REDIS_COMMANDS: &[&str] = &[
     "fill",
     "release",
     "invalidate",
-    "ping",
+    "check",
+    "reset",
     "scan",
     "unlink",
 ];
@@ -36,7 +37,13 @@ pub const REDIS_COMMANDS: &[&str] = &[
 pub const INVALIDATION_SOURCES: [&str; 4] = ["write", "notify", "peer", "admin"];
 
 /// Why L1 was flushed as a whole, as the `reason` label.
-pub const FLUSH_REASONS: [&str; 4] = ["bus_gap", "bus_resubscribe", "listener_gap", "admin"];
+pub const FLUSH_REASONS: [&str; 5] = [
+    "bus_gap",
+    "bus_resubscribe",
+    "listener_gap",
+    "admin",
+    "redis_reset",
+];
 
 /// What became of a lookup that found another load holding the key's lease.
 pub const LEASE_OUTCOMES: [&str; 3] = ["filled", "released", "timeout"];
@@ -110,6 +117,7 @@ pub struct Metrics {
     pub bus_gaps: IntCounter,
     pub l1_flushes: IntCounterVec,
     pub lease_waits: IntCounterVec,
+    pub redis_resets: IntCounterVec,
 }
 
 fn counter_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -379,8 +387,14 @@ impl Metrics {
         let l1_flushes = counter_vec(
             &r,
             "sidecache_l1_flushes_total",
-            "Times the whole L1 was dropped, by reason (bus_gap, bus_resubscribe, listener_gap, admin).",
+            "Times the whole L1 was dropped, by reason (bus_gap, bus_resubscribe, listener_gap, admin, redis_reset).",
             &["reason"],
+        );
+        let redis_resets = counter_vec(
+            &r,
+            "sidecache_redis_resets_total",
+            "Times the Redis namespace got a new incarnation (fills in flight refused, values voided, L1 dropped), made or seen by this instance, by cause (admin, listener_gap, state_lost, server_changed, evictions, observed).",
+            &["cause"],
         );
         let lease_waits = counter_vec(
             &r,
@@ -420,6 +434,9 @@ impl Metrics {
         }
         for outcome in LEASE_OUTCOMES {
             lease_waits.with_label_values(&[outcome]);
+        }
+        for cause in ResetCause::ALL {
+            redis_resets.with_label_values(&[cause.as_str()]);
         }
         for action in OUTBOX_ACTIONS {
             outbox_rows.with_label_values(&[action]);
@@ -475,6 +492,7 @@ impl Metrics {
             bus_messages,
             bus_gaps,
             l1_flushes,
+            redis_resets,
             lease_waits,
         })
     }

@@ -356,13 +356,14 @@ fn spawn_background(
         tasks.extend(bus.spawn(state.invalidator.clone(), stop.clone()));
     }
     if let Some(remote) = state.cache.remote().cloned() {
+        let cache = state.cache.clone();
         let mut stop = stop.clone();
         tasks.push(tokio::spawn(async move {
             let mut tick = tokio::time::interval(Duration::from_millis(500));
             loop {
                 tokio::select! {
                     _ = tick.tick() => {
-                        if remote.probe().await {
+                        if cache.probe_redis().await {
                             remote.retry_pending().await;
                         }
                     }

@@ -3,15 +3,47 @@
 //! before a write committed carries an old fence token and is refused, wherever it runs.
 //!
 //! Redis keys, after the prefix:
-//! - `{key}`             the encoded entry
+//! - `{key}`             the encoded entry, prefixed with the incarnation it was filled under
 //! - `fence:{key}`       counter bumped when the key is invalidated
+//! - `kindfence:{kind}`  counter bumped when a whole kind is invalidated (admin)
 //! - `tagfence:{tag}`    counter bumped when the tag is invalidated
 //! - `tag:{tag}`         set of the value keys filled under the tag (dropped with it)
+//!
+//! and beside the prefix, so a SCAN of the namespace does not touch them:
+//! - `{namespace}:v1incarnation`  a random token naming the current state of the namespace
+//! - `{namespace}:v1server`       the server (`run_id`) and eviction count it was last checked at
+//!
+//! # Losing state
+//!
+//! A fence counter that is missing reads as 0, which is only sound while nothing that Redis
+//! remembered has been forgotten. Redis forgets in several ways: a restart without persistence,
+//! `FLUSHALL`, eviction, a restart from an older snapshot, a failover to a replica that had not
+//! received the last writes, or the fence's own expiry. Were a fence forgotten between a load's
+//! read of its token and its fill, the old token would match again and an old value would land.
+//!
+//! So every token also carries the namespace's *incarnation*, a random token with no expiry,
+//! created by the first read that finds none. A fill lands only if the incarnation is the same as
+//! when its tokens were read, and every stored value starts with the incarnation it was filled
+//! under: a value of another incarnation reads as absent. Changing the incarnation therefore
+//! refuses every fill in flight and voids every value at once; it is how a reset is made:
+//! - state lost outright (restart without persistence, `FLUSHALL`, the incarnation evicted): the
+//!   incarnation is gone, the next read makes a new one, and no token of the old one matches;
+//! - the server changed (restart from a snapshot, failover) or evicted keys: the fill script and
+//!   the health probe compare the server's `run_id` and `evicted_keys` (from `INFO`) with what the
+//!   namespace last recorded, and rotate the incarnation on any difference. The fill's own check
+//!   leaves no window for a fill; reads of values that were stale in the restored state are
+//!   possible until the next probe of any instance (500 ms);
+//! - fence expiry: fences outlive their last bump by [`FENCE_TTL`]; a fill whose tokens are older
+//!   than [`MAX_FILL_AGE`] (half of that) is not sent;
+//! - an admin flush, or a change listener that was away longer than the outbox keeps rows.
+//!
+//! An instance that sees a new incarnation drops its L1 (entries copied from the old one may be
+//! stale), on a read or on its probe.
 //!
 //! The hot path holds a `ConnectionManager` (one multiplexed connection that reconnects by
 //! itself): no per-request checkout or PING. The deadpool pool serves control-plane commands.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -20,15 +52,18 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::Script;
 
 use super::breaker::{Breaker, BreakerConfig, BreakerState, Transition};
-use super::keys::{CacheKey, Kind, Tag};
+use super::keys::{fnv1a, CacheKey, Kind, Tag};
 use super::CacheError;
 use crate::domain::TxId;
 use crate::metrics::Metrics;
 
 /// How long a fence counter outlives its last bump. It only has to outlast any load that could
-/// have read Postgres before the bump (a few statement timeouts); an expired fence can only make
-/// a fill that read a *newer* token fail, never let an old one through, unless a load outlives it.
+/// have read Postgres before the bump: fills older than [`MAX_FILL_AGE`] are not sent.
 const FENCE_TTL: Duration = Duration::from_secs(120);
+
+/// The oldest tokens a fill may use. A fence bumped after the tokens were read lives at least
+/// [`FENCE_TTL`] past that read, so within this age it cannot have expired.
+pub const MAX_FILL_AGE: Duration = Duration::from_secs(60);
 
 /// How long the marker that says "this transaction's invalidation reached Redis" is kept: long
 /// enough for every instance's change listener to see the transaction.
@@ -39,34 +74,100 @@ const MARKER_TTL: Duration = Duration::from_secs(600);
 const CHUNK: usize = 500;
 
 const READ_LUA: &str = r#"
--- KEYS: value, lease, fences (key, kind, namespace epoch, then one per tag)
--- ARGV: lease token, lease ttl ms (0 = take no lease)
--- Returns: {value or false, lease (1 taken, 0 held by another, -1 not asked), fence tokens...}
+-- KEYS: value, lease, incarnation, server record, fences (key, kind, then one per tag)
+-- ARGV: lease token, lease ttl ms (0 = take no lease), a new incarnation if there is none
+-- Returns: {value or false, lease (1 taken, 0 held by another, -1 not asked), incarnation,
+--           fence tokens...}
+local inc = redis.call('GET', KEYS[3])
+if not inc then inc = create(KEYS[3], KEYS[4], ARGV[3]) end
 local v = redis.call('GET', KEYS[1])
-local out = {v, -1}
-for i = 3, #KEYS do out[#out + 1] = redis.call('GET', KEYS[i]) or '0' end
+if v and string.sub(v, 1, #inc) ~= inc then v = false end
+local out = {v, -1, inc}
+for i = 5, #KEYS do out[#out + 1] = redis.call('GET', KEYS[i]) or '0' end
 if not v and tonumber(ARGV[2]) > 0 then
   if redis.call('SET', KEYS[2], ARGV[1], 'NX', 'PX', ARGV[2]) then out[2] = 1 else out[2] = 0 end
 end
 return out
 "#;
 
+/// Functions the read, fill and check scripts share (prepended to them).
+/// - `server_now()`: the server's `run_id` and `evicted_keys` as one string, or false if `INFO`
+///   cannot be read (an ACL may deny it; then nothing is compared).
+/// - `create(inc, rec, candidate)`: makes `candidate` the incarnation of a namespace that has none,
+///   recording the server it was made on. Returns it.
+/// - `server_check(inc, rec, candidate)`: compares the server with the one the namespace last
+///   recorded and rotates the incarnation on any difference. Returns the reason of a rotation (or
+///   false), and whether `INFO` could be read.
+const SERVER_LUA: &str = r#"
+local function server_now()
+  local server = redis.pcall('INFO', 'server')
+  local stats = redis.pcall('INFO', 'stats')
+  if type(server) ~= 'string' or type(stats) ~= 'string' then return false end
+  local rid = string.match(server, 'run_id:(%x+)') or '?'
+  local ev = tonumber(string.match(stats, 'evicted_keys:(%d+)')) or 0
+  return rid .. ' ' .. ev
+end
+local function create(inc_key, rec_key, candidate)
+  redis.call('SET', inc_key, candidate)
+  local now = server_now()
+  if now then redis.call('SET', rec_key, now) end
+  return candidate
+end
+local function server_check(inc_key, rec_key, candidate)
+  local now = server_now()
+  if not now then return false, false end
+  local rec = redis.call('GET', rec_key)
+  local cause = false
+  if not rec then
+    -- A namespace without an incarnation has nothing to protect (no token or value matches); one
+    -- with an incarnation but no record lost the record (evicted, or the namespace was written
+    -- by an older version): it may have lost fences too.
+    if redis.call('EXISTS', inc_key) == 1 then cause = 'state_lost' end
+  elseif rec ~= now then
+    local rid0, ev0 = string.match(rec, '^(%S+) (%d+)$')
+    local rid, ev = string.match(now, '^(%S+) (%d+)$')
+    if rid0 ~= rid then cause = 'server_changed'
+    elseif tonumber(ev) > tonumber(ev0) then cause = 'evictions' end
+  else
+    return false, true
+  end
+  if cause then redis.call('SET', inc_key, candidate) end
+  redis.call('SET', rec_key, now)
+  return cause, true
+end
+"#;
+
 const FILL_LUA: &str = r#"
--- KEYS: value, lease, fences (f: key, kind, namespace epoch, then one per tag), tag member sets
--- ARGV: payload, ttl ms, lease token ('' = none), fence tokens (f)
-local nf = #ARGV - 3
+-- KEYS: value, lease, incarnation, server record, fences (f: key, kind, then one per tag),
+--       tag member sets
+-- ARGV: payload, ttl ms, lease token ('' = none), incarnation, a new incarnation, fence tokens (f)
+-- Returns: 1 stored, 0 fenced, or the reason the incarnation was rotated (not stored)
+local nf = #ARGV - 5
 local function cur(k) return tonumber(redis.call('GET', k) or '0') end
 if ARGV[3] ~= '' and redis.call('GET', KEYS[2]) == ARGV[3] then redis.call('DEL', KEYS[2]) end
+local rotated = server_check(KEYS[3], KEYS[4], ARGV[5])
+if rotated then return rotated end
+if redis.call('GET', KEYS[3]) ~= ARGV[4] then return 0 end
 for i = 1, nf do
-  if cur(KEYS[2 + i]) ~= tonumber(ARGV[3 + i]) then return 0 end
+  if cur(KEYS[4 + i]) ~= tonumber(ARGV[5 + i]) then return 0 end
 end
-redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
-for i = 3 + nf, #KEYS do
+redis.call('SET', KEYS[1], ARGV[4] .. ARGV[1], 'PX', ARGV[2])
+for i = 5 + nf, #KEYS do
   local m = KEYS[i]
   redis.call('SADD', m, KEYS[1])
   if redis.call('PTTL', m) < tonumber(ARGV[2]) then redis.call('PEXPIRE', m, ARGV[2]) end
 end
 return 1
+"#;
+
+const CHECK_LUA: &str = r#"
+-- KEYS: incarnation, server record
+-- ARGV: a new incarnation (used if the server changed or there is none)
+-- Returns: {incarnation, reason it was rotated or '', 1 if INFO could be read else 0}
+local rotated, checked = server_check(KEYS[1], KEYS[2], ARGV[1])
+local inc = redis.call('GET', KEYS[1])
+if not inc then inc = create(KEYS[1], KEYS[2], ARGV[1]) end
+return {inc, rotated or '', checked and 1 or 0}
 "#;
 
 const INVALIDATE_LUA: &str = r#"
@@ -128,12 +229,81 @@ pub enum Dropped {
     AlreadyApplied,
 }
 
-/// What an L2 read returned: the value, if any, and the fence tokens a later fill must match.
+/// What an L2 read returned: the value, if any, and the tokens a later fill must match (the
+/// incarnation and the fence counters).
 #[derive(Debug, Clone)]
 pub struct L2Read {
     pub value: Option<Bytes>,
+    pub incarnation: Bytes,
     pub tokens: Vec<i64>,
     pub lease: Lease,
+    /// When the read was sent: a fill older than [`MAX_FILL_AGE`] is not sent.
+    pub at: Instant,
+}
+
+/// What became of a fill.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fill {
+    Stored,
+    /// Refused: an invalidation moved a fence, or the incarnation is not the one read.
+    Fenced,
+    /// Refused, and the fill found the server changed and reset the namespace (the cause).
+    Reset(ResetCause),
+}
+
+/// Why the namespace got a new incarnation (the `cause` label of `sidecache_redis_resets_total`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ResetCause {
+    /// `POST /admin/flush`.
+    Admin,
+    /// The change listener was away longer than the outbox keeps rows.
+    ListenerGap,
+    /// Redis had lost the namespace's state (restart without persistence, `FLUSHALL`).
+    StateLost,
+    /// Another server answers now, or the same one restarted (from a snapshot, or a failover).
+    ServerChanged,
+    /// Redis evicted keys since the last check; a fence may have been one of them.
+    Evictions,
+    /// Another instance (or a loss nobody announced) changed it; seen on a read or probe.
+    Observed,
+}
+
+impl ResetCause {
+    pub const ALL: [ResetCause; 6] = [
+        ResetCause::Admin,
+        ResetCause::ListenerGap,
+        ResetCause::StateLost,
+        ResetCause::ServerChanged,
+        ResetCause::Evictions,
+        ResetCause::Observed,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ResetCause::Admin => "admin",
+            ResetCause::ListenerGap => "listener_gap",
+            ResetCause::StateLost => "state_lost",
+            ResetCause::ServerChanged => "server_changed",
+            ResetCause::Evictions => "evictions",
+            ResetCause::Observed => "observed",
+        }
+    }
+
+    /// The reason a Lua script returned.
+    fn from_script(s: &[u8]) -> Self {
+        match s {
+            b"server_changed" => ResetCause::ServerChanged,
+            b"evictions" => ResetCause::Evictions,
+            _ => ResetCause::StateLost,
+        }
+    }
+}
+
+/// Work that could not reach Redis and is retried until it does; L2 is bypassed meanwhile.
+#[derive(Debug, Clone)]
+enum Owed {
+    Delete(Deletion, Marker),
+    Reset(ResetCause),
 }
 
 /// The fill lease of a missing key (fleet-wide single flight).
@@ -168,6 +338,8 @@ pub struct RemoteConfig {
 /// The Redis tier.
 pub struct Remote {
     prefix: String,
+    incarnation_key: String,
+    server_key: String,
     client: redis::Client,
     conn: OnceLock<ConnectionManager>,
     pool: deadpool_redis::Pool,
@@ -175,13 +347,33 @@ pub struct Remote {
     connect_timeout: Duration,
     metrics: Arc<Metrics>,
     breaker: Breaker,
-    /// Invalidations that could not reach Redis; until they land, L2 is bypassed entirely.
-    pending: Mutex<Vec<(Deletion, Marker)>>,
+    /// Invalidations and resets that could not reach Redis; until they land, L2 is bypassed.
+    pending: Mutex<Vec<Owed>>,
     has_pending: AtomicBool,
+    /// A hash of the incarnation this instance last saw (0: none yet).
+    incarnation: AtomicU64,
+    /// How many times this instance saw or made a new incarnation; the cache drops L1 when it
+    /// moves.
+    resets: AtomicU64,
+    /// Whether the last check could read `INFO` (an ACL may deny it); warned about once.
+    server_checks: AtomicBool,
+    /// When a reset was last logged as a warning (Unix ms).
+    last_warning_ms: AtomicU64,
     read_script: Script,
     release_script: Script,
     fill_script: Script,
+    check_script: Script,
     invalidate_script: Script,
+}
+
+/// A new random incarnation token: 16 hex digits.
+fn new_incarnation() -> [u8; 16] {
+    let mut out = [0u8; 16];
+    let v: u64 = rand::random();
+    for (i, b) in out.iter_mut().enumerate() {
+        *b = b"0123456789abcdef"[((v >> (60 - 4 * i)) & 0xf) as usize];
+    }
+    out
 }
 
 impl Remote {
@@ -204,6 +396,8 @@ impl Remote {
             .map_err(|e| CacheError::Config(format!("redis pool: {e}")))?;
         Ok(Remote {
             prefix: format!("{}:v1:", cfg.namespace),
+            incarnation_key: format!("{}:v1incarnation", cfg.namespace),
+            server_key: format!("{}:v1server", cfg.namespace),
             client,
             conn: OnceLock::new(),
             pool,
@@ -213,12 +407,17 @@ impl Remote {
             breaker: Breaker::new(cfg.breaker),
             pending: Mutex::new(Vec::new()),
             has_pending: AtomicBool::new(false),
-            read_script: Script::new(READ_LUA),
+            incarnation: AtomicU64::new(0),
+            resets: AtomicU64::new(0),
+            server_checks: AtomicBool::new(true),
+            last_warning_ms: AtomicU64::new(0),
+            read_script: Script::new(&format!("{SERVER_LUA}{READ_LUA}")),
             // Only our own token is deleted: compare and delete in one step.
             release_script: Script::new(
                 "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end return 0",
             ),
-            fill_script: Script::new(FILL_LUA),
+            fill_script: Script::new(&format!("{SERVER_LUA}{FILL_LUA}")),
+            check_script: Script::new(&format!("{SERVER_LUA}{CHECK_LUA}")),
             invalidate_script: Script::new(INVALIDATE_LUA),
         })
     }
@@ -350,17 +549,20 @@ impl Remote {
     fn kind_fence_key(&self, kind: Kind) -> String {
         format!("{}kindfence:{}", self.prefix, kind.as_str())
     }
-    /// Moved by a flush of the whole namespace. Outside `{prefix}` so the flush does not delete it.
-    fn epoch_key(&self) -> String {
-        format!("{}epoch", self.prefix.trim_end_matches(':'))
+    /// The namespace's incarnation. Outside `{prefix}` so a flush's SCAN does not delete it.
+    fn incarnation_key(&self) -> &str {
+        &self.incarnation_key
+    }
+    /// The server (and its eviction count) the incarnation was last checked against.
+    fn server_key(&self) -> &str {
+        &self.server_key
     }
 
     /// The fences a value depends on, in the order the scripts and `L2Read::tokens` use: its
-    /// key, its kind, the namespace epoch, then one per tag.
+    /// key, its kind, then one per tag.
     fn fence_keys(&self, inv: &mut redis::ScriptInvocation<'_>, key: &CacheKey, tags: &[Tag]) {
         inv.key(self.fence_key(key))
-            .key(self.kind_fence_key(key.kind()))
-            .key(self.epoch_key());
+            .key(self.kind_fence_key(key.kind()));
         for t in tags {
             inv.key(self.tag_fence_key(t));
         }
@@ -382,11 +584,18 @@ impl Remote {
         lease: Option<(&str, Duration)>,
     ) -> Result<L2Read, CacheError> {
         let mut conn = self.conn()?;
+        let at = Instant::now();
         let mut inv = self.read_script.prepare_invoke();
-        inv.key(self.value_key(key)).key(self.lease_key(key));
+        inv.key(self.value_key(key))
+            .key(self.lease_key(key))
+            .key(self.incarnation_key())
+            .key(self.server_key());
         self.fence_keys(&mut inv, key, tags);
         let (token, ttl) = lease.unwrap_or(("", Duration::ZERO));
-        inv.arg(token).arg(ttl.as_millis() as u64);
+        let candidate = new_incarnation();
+        inv.arg(token)
+            .arg(ttl.as_millis() as u64)
+            .arg(&candidate[..]);
         let raw: Vec<redis::Value> = self.run("read", inv.invoke_async(&mut conn)).await?;
         let mut it = raw.into_iter();
         let value = match it.next() {
@@ -398,6 +607,13 @@ impl Remote {
             Some(redis::Value::Int(0)) => Lease::Busy,
             _ => Lease::NotAsked,
         };
+        let incarnation = match it.next() {
+            Some(redis::Value::BulkString(b)) => Bytes::from(b),
+            _ => return Err(CacheError::Redis("read: no incarnation".into())),
+        };
+        self.observe(&incarnation, incarnation[..] == candidate[..]);
+        // The script returned only a value of this incarnation; what follows the prefix is it.
+        let value = value.map(|v| v.slice(incarnation.len().min(v.len())..));
         let tokens = it
             .map(|v| match v {
                 redis::Value::BulkString(b) => std::str::from_utf8(&b)
@@ -410,9 +626,69 @@ impl Remote {
             .collect();
         Ok(L2Read {
             value,
+            incarnation,
             tokens,
             lease,
+            at,
         })
+    }
+
+    /// Notes the incarnation a read or check returned; a change from the last one seen counts as
+    /// a reset (the cache drops its L1 when [`Remote::resets`] moves).
+    /// `created`: this instance's own candidate became the incarnation, because there was none
+    /// (Redis lost the namespace's state).
+    fn observe(&self, incarnation: &[u8], created: bool) {
+        let h = fnv1a(incarnation) | 1;
+        let before = self.incarnation.swap(h, Ordering::AcqRel);
+        if before != 0 && before != h {
+            self.count_reset(if created {
+                ResetCause::StateLost
+            } else {
+                ResetCause::Observed
+            });
+        }
+    }
+
+    /// Records a new incarnation this instance made itself (so it is not observed again).
+    fn made(&self, incarnation: &[u8], cause: ResetCause) {
+        self.incarnation
+            .store(fnv1a(incarnation) | 1, Ordering::Release);
+        self.count_reset(cause);
+    }
+
+    fn count_reset(&self, cause: ResetCause) {
+        self.resets.fetch_add(1, Ordering::AcqRel);
+        self.metrics
+            .redis_resets
+            .with_label_values(&[cause.as_str()])
+            .inc();
+        if cause == ResetCause::Observed || cause == ResetCause::Admin {
+            return;
+        }
+        // At most one warning a minute: an evicting Redis resets on every probe.
+        let now = super::now_ms();
+        let last = self.last_warning_ms.load(Ordering::Relaxed);
+        if now.saturating_sub(last) >= 60_000
+            && self
+                .last_warning_ms
+                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+        {
+            tracing::warn!(
+                cause = cause.as_str(),
+                "redis namespace reset: fills in flight are refused, cached values voided, L1 dropped{}",
+                if cause == ResetCause::Evictions {
+                    " (Redis is evicting keys: give it more memory or maxmemory-policy noeviction)"
+                } else {
+                    ""
+                }
+            );
+        }
+    }
+
+    /// How many resets this instance has seen or made; moves when L1 must be dropped.
+    pub fn resets(&self) -> u64 {
+        self.resets.load(Ordering::Acquire)
     }
 
     /// Asks for a key's fill lease on its own (a stale value is there, so [`Remote::read`] did not).
@@ -436,49 +712,76 @@ impl Remote {
         }
     }
 
-    /// While another load holds the key's lease: the value, once it is there, and whether the
-    /// lease is still held. One round trip.
-    pub async fn peek(&self, key: &CacheKey) -> Result<(Option<Bytes>, bool), CacheError> {
+    /// While another load holds the key's lease: the value, once it is there (and filled under
+    /// `incarnation`, the one this lookup read), and whether the lease is still held. One round
+    /// trip.
+    pub async fn peek(
+        &self,
+        key: &CacheKey,
+        incarnation: &[u8],
+    ) -> Result<(Option<Bytes>, bool), CacheError> {
         let mut conn = self.conn()?;
         let mut cmd = redis::cmd("MGET");
         cmd.arg(self.value_key(key)).arg(self.lease_key(key));
         let raw: Vec<Option<Vec<u8>>> = self.run("mget", cmd.query_async(&mut conn)).await?;
         let mut it = raw.into_iter();
-        let value = it.next().flatten().map(Bytes::from);
+        let value = it
+            .next()
+            .flatten()
+            .filter(|v| v.starts_with(incarnation))
+            .map(|v| Bytes::from(v).slice(incarnation.len()..));
         let leased = it.next().flatten().is_some();
         Ok((value, leased))
     }
 
-    /// Stores `payload` if no invalidation moved the fences since `tokens` were read, and
-    /// releases the lease if this load held it. Returns false when the fill was refused.
+    /// Stores `payload` if the namespace is in the incarnation `read` saw and no invalidation
+    /// moved the fences since, and releases the lease if this load held it. A `read` older than
+    /// [`MAX_FILL_AGE`] is not sent (a fence bumped since may have expired).
     pub async fn fill(
         &self,
         key: &CacheKey,
         tags: &[Tag],
-        tokens: &[i64],
-        lease: &Lease,
+        read: &L2Read,
         payload: &[u8],
         ttl: Duration,
-    ) -> Result<bool, CacheError> {
+    ) -> Result<Fill, CacheError> {
+        if read.at.elapsed() > MAX_FILL_AGE {
+            self.release(key, &read.lease).await;
+            return Ok(Fill::Fenced);
+        }
         let mut conn = self.conn()?;
         let mut inv = self.fill_script.prepare_invoke();
-        inv.key(self.value_key(key)).key(self.lease_key(key));
+        inv.key(self.value_key(key))
+            .key(self.lease_key(key))
+            .key(self.incarnation_key())
+            .key(self.server_key());
         self.fence_keys(&mut inv, key, tags);
         for t in tags {
             inv.key(self.tag_members_key(t));
         }
-        let token = match lease {
+        let token = match &read.lease {
             Lease::Held(t) => t.as_str(),
             _ => "",
         };
+        let candidate = new_incarnation();
         inv.arg(payload)
             .arg(ttl.as_millis().max(1) as u64)
-            .arg(token);
-        for tok in tokens {
+            .arg(token)
+            .arg(&read.incarnation[..])
+            .arg(&candidate[..]);
+        for tok in &read.tokens {
             inv.arg(*tok);
         }
-        let stored: i64 = self.run("fill", inv.invoke_async(&mut conn)).await?;
-        Ok(stored == 1)
+        let out: redis::Value = self.run("fill", inv.invoke_async(&mut conn)).await?;
+        Ok(match out {
+            redis::Value::Int(1) => Fill::Stored,
+            redis::Value::BulkString(reason) => {
+                let cause = ResetCause::from_script(&reason);
+                self.made(&candidate, cause);
+                Fill::Reset(cause)
+            }
+            _ => Fill::Fenced,
+        })
     }
 
     /// Gives a lease back without filling (the load failed), so waiters stop waiting.
@@ -500,16 +803,16 @@ impl Remote {
         match self.try_invalidate(&deletion, &marker).await {
             Ok(n) => Ok(n),
             Err(e) => {
-                self.owe(deletion, marker);
+                self.owe(Owed::Delete(deletion, marker));
                 Err(e)
             }
         }
     }
 
-    fn owe(&self, deletion: Deletion, marker: Marker) {
+    fn owe(&self, owed: Owed) {
         // A std Mutex: nothing is awaited while it is held.
         let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
-        pending.push((deletion, marker));
+        pending.push(owed);
         self.has_pending.store(true, Ordering::Release);
     }
 
@@ -577,9 +880,13 @@ impl Remote {
             std::mem::take(&mut *pending)
         };
         let mut failed = Vec::new();
-        for (d, m) in owed {
-            if self.try_invalidate(&d, &m).await.is_err() {
-                failed.push((d, m));
+        for o in owed {
+            let ok = match &o {
+                Owed::Delete(d, m) => self.try_invalidate(d, m).await.is_ok(),
+                Owed::Reset(cause) => self.try_reset(*cause).await.is_ok(),
+            };
+            if !ok {
+                failed.push(o);
             }
         }
         let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
@@ -629,15 +936,15 @@ impl Remote {
         Ok(dropped)
     }
 
-    /// Removes every key of this namespace (admin flush): moves the namespace epoch first (no
-    /// fill that read Postgres before the flush lands), then SCANs only keys under the prefix
-    /// and unlinks them, on a control-plane connection so lookups are not held up.
-    pub async fn flush_namespace(&self) -> Result<u64, CacheError> {
-        let mut conn = self.conn()?;
-        let mut bump = redis::cmd("INCR");
-        bump.arg(self.epoch_key());
-        self.run("invalidate", bump.query_async::<i64>(&mut conn))
-            .await?;
+    /// Resets the namespace: a new incarnation (every fill in flight is refused and every value
+    /// voided, at once), then SCANs only keys under the prefix and unlinks them, on a
+    /// control-plane connection so lookups are not held up. Returns the keys removed. If Redis
+    /// cannot be reached the reset is owed: L2 is bypassed until it lands.
+    pub async fn reset_namespace(&self, cause: ResetCause) -> Result<u64, CacheError> {
+        if let Err(e) = self.try_reset(cause).await {
+            self.owe(Owed::Reset(cause));
+            return Err(e);
+        }
         let mut removed = 0u64;
         let mut pool = self
             .pool
@@ -652,6 +959,17 @@ impl Remote {
                 .map_err(|e| CacheError::Redis(e.to_string()))?;
         }
         Ok(removed)
+    }
+
+    /// Moves the namespace to a new incarnation.
+    async fn try_reset(&self, cause: ResetCause) -> Result<(), CacheError> {
+        let mut conn = self.conn()?;
+        let candidate = new_incarnation();
+        let mut set = redis::cmd("SET");
+        set.arg(self.incarnation_key()).arg(&candidate[..]);
+        self.run("reset", set.query_async::<()>(&mut conn)).await?;
+        self.made(&candidate, cause);
+        Ok(())
     }
 
     /// Every key matching `pattern`, in SCAN batches, over a control-plane connection.
@@ -700,11 +1018,32 @@ impl Remote {
             // A probe is already out (a lookup's); let it decide.
             return false;
         }
-        let Ok(mut conn) = self.conn() else {
-            return false;
-        };
-        self.run("ping", redis::cmd("PING").query_async::<String>(&mut conn))
-            .await
-            .is_ok()
+        self.check().await.is_ok()
+    }
+
+    /// Checks the server behind the namespace (resetting it if the server changed or evicted
+    /// keys) and notes its incarnation, so an instance serving only L1 hits still learns of a
+    /// reset within one probe.
+    async fn check(&self) -> Result<(), CacheError> {
+        let mut conn = self.conn()?;
+        let candidate = new_incarnation();
+        let mut inv = self.check_script.prepare_invoke();
+        inv.key(self.incarnation_key())
+            .key(self.server_key())
+            .arg(&candidate[..]);
+        let (incarnation, reset, checked): (Vec<u8>, Vec<u8>, i64) =
+            self.run("check", inv.invoke_async(&mut conn)).await?;
+        if !reset.is_empty() {
+            self.made(&candidate, ResetCause::from_script(&reset));
+        } else {
+            self.observe(&incarnation, incarnation[..] == candidate[..]);
+        }
+        if self.server_checks.swap(checked == 1, Ordering::Relaxed) && checked != 1 {
+            tracing::warn!(
+                "redis denies INFO to this user: a restart from a snapshot, a failover or an \
+                 eviction cannot be detected, and could let a stale fill through"
+            );
+        }
+        Ok(())
     }
 }

@@ -22,7 +22,7 @@ use super::coherence::Coherence;
 use super::entry::{now_ms, Entry, Loaded};
 use super::keys::{CacheKey, Kind, Policies, Policy, Tag};
 use super::local::{Fence, Local};
-use super::remote::{Deletion, Dropped, L2Read, Lease, Marker, Remote};
+use super::remote::{Deletion, Dropped, Fill, Lease, Marker, Remote, ResetCause};
 use super::CacheError;
 use crate::metrics::Metrics;
 use crate::store::StoreError;
@@ -141,6 +141,8 @@ pub struct Tiered {
     /// Keys whose last refresh failed, until when they are not loaded again. A std Mutex: held
     /// for a lookup or an insert, never across an await.
     throttled: Mutex<HashMap<Box<str>, Instant>>,
+    /// The Redis resets L1 has been dropped for (see [`Remote::resets`]).
+    resets_seen: AtomicU64,
 }
 
 impl Tiered {
@@ -163,6 +165,7 @@ impl Tiered {
             instance: String::new(),
             fail_safe: FailSafe::default(),
             throttled: Mutex::new(HashMap::new()),
+            resets_seen: AtomicU64::new(0),
         }
     }
 
@@ -481,7 +484,9 @@ impl Tiered {
         if let Some(remote) = remote {
             let token = format!("{}:{flight}", self.instance);
             let lease = self.lease.map(|l| (token.as_str(), l.ttl));
-            match remote.read(key, tags, lease).await {
+            let read = remote.read(key, tags, lease).await;
+            self.sync_resets();
+            match read {
                 Ok(mut read) => {
                     let now = now_ms();
                     match read.value.take().and_then(Entry::decode) {
@@ -511,7 +516,9 @@ impl Tiered {
                         _ => {}
                     }
                     if read.lease == Lease::Busy {
-                        if let Some(entry) = self.wait_for_fill(remote, key).await {
+                        if let Some(entry) =
+                            self.wait_for_fill(remote, key, &read.incarnation).await
+                        {
                             return Ok(self.hit_l2(key, entry, fence, &policy).await);
                         }
                     }
@@ -548,14 +555,13 @@ impl Tiered {
             hook(key).await;
         }
 
-        if let (Some(remote), Some(L2Read { tokens, lease, .. })) = (remote, l2) {
+        if let (Some(remote), Some(read)) = (remote, &l2) {
             // Redis keeps it for its stale time too, for every instance's fail-safe.
             let life = ttl.saturating_add(policy.max_stale);
-            match remote
-                .fill(key, tags, &tokens, &lease, &entry.encode(), life)
-                .await
-            {
-                Ok(stored) => self.count_fill(kind, "l2", stored),
+            let filled = remote.fill(key, tags, read, &entry.encode(), life).await;
+            self.sync_resets();
+            match filled {
+                Ok(fill) => self.count_fill(kind, "l2", fill == Fill::Stored),
                 Err(e) => {
                     self.metrics
                         .fills
@@ -602,7 +608,12 @@ impl Tiered {
 
     /// Another load holds the key's lease: poll L2 for its fill, up to the configured wait.
     /// `None` means load it ourselves (the holder gave up, Redis failed, or we waited enough).
-    async fn wait_for_fill(&self, remote: &Remote, key: &CacheKey) -> Option<Entry> {
+    async fn wait_for_fill(
+        &self,
+        remote: &Remote,
+        key: &CacheKey,
+        incarnation: &[u8],
+    ) -> Option<Entry> {
         let lease = self.lease?;
         let deadline = Instant::now() + lease.wait;
         let outcome = loop {
@@ -610,7 +621,7 @@ impl Tiered {
                 break "timeout";
             }
             tokio::time::sleep(lease.poll).await;
-            match remote.peek(key).await {
+            match remote.peek(key, incarnation).await {
                 Ok((Some(raw), _)) => {
                     if let Some(entry) = fresh(raw) {
                         self.metrics
@@ -694,6 +705,49 @@ impl Tiered {
     pub fn flush_local(&self, reason: &'static str) {
         self.local.flush();
         self.metrics.l1_flushes.with_label_values(&[reason]).inc();
+    }
+
+    /// Drops L1 if Redis was reset since L1 last was: entries copied from the old incarnation
+    /// may be stale (a reset can mean invalidations were lost). Two atomic loads otherwise.
+    fn sync_resets(&self) {
+        let Some(remote) = &self.remote else { return };
+        let now = remote.resets();
+        if self.resets_seen.load(Ordering::Acquire) != now
+            && self.resets_seen.swap(now, Ordering::AcqRel) != now
+        {
+            self.flush_local("redis_reset");
+        }
+    }
+
+    /// Probes Redis (reconnecting it, checking the server behind the namespace, noting resets
+    /// made elsewhere) and drops L1 after a reset. True when Redis answered.
+    pub async fn probe_redis(&self) -> bool {
+        let Some(remote) = &self.remote else {
+            return false;
+        };
+        let up = remote.probe().await;
+        self.sync_resets();
+        up
+    }
+
+    /// Resets the Redis namespace (a new incarnation: fills in flight refused, values voided,
+    /// keys unlinked) and drops L1. Returns the Redis keys removed. If Redis cannot be reached
+    /// the reset is owed and L2 bypassed until it lands; L1 is dropped either way.
+    pub async fn reset(&self, cause: ResetCause) -> Result<u64, CacheError> {
+        let removed = match &self.remote {
+            Some(remote) => {
+                let out = remote.reset_namespace(cause).await;
+                self.resets_seen.store(remote.resets(), Ordering::Release);
+                out
+            }
+            None => Ok(0),
+        };
+        self.flush_local(match cause {
+            ResetCause::Admin => "admin",
+            ResetCause::ListenerGap => "listener_gap",
+            _ => "redis_reset",
+        });
+        removed
     }
 
     fn count_invalidated(&self, tier: &str, d: &Deletion) {

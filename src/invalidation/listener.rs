@@ -15,11 +15,14 @@ use sqlx::postgres::{PgConnectOptions, PgListener, PgPoolOptions};
 use tokio::sync::watch;
 
 use super::Invalidator;
-use crate::cache::Coherence;
+use crate::cache::{Coherence, ResetCause};
 use crate::domain::TxId;
 use crate::metrics::Metrics;
 use crate::store::outbox::{self, Cursor, OutboxChange};
 use crate::store::{Store, StoreError};
+
+/// How soon the listener tries again after a connection attempt that Postgres did not answer.
+const RETRY_UNANSWERED: Duration = Duration::from_millis(20);
 
 /// Listener settings.
 #[derive(Debug, Clone)]
@@ -86,7 +89,17 @@ impl Listener {
                 Ok(l) => l,
                 Err(e) => {
                     tracing::debug!(error = %e, "change listener cannot connect; retrying");
-                    if !backoff.wait(&mut stop).await {
+                    // Postgres refused us (auth, too many clients): back off. It did not answer
+                    // (refused, reset, timed out): try again soon, so that changes made during an
+                    // outage are applied within milliseconds of its end, not after a backoff.
+                    // An unanswered attempt costs no Postgres backend; one that hangs takes the
+                    // connect timeout itself.
+                    let waited = if matches!(e, sqlx::Error::Database(_)) {
+                        backoff.wait(&mut stop).await
+                    } else {
+                        super::sleep_or_stop(RETRY_UNANSWERED, &mut stop).await
+                    };
+                    if !waited {
                         return;
                     }
                     continue;
@@ -110,11 +123,18 @@ impl Listener {
                 }
             }
             // Away for longer than the outbox keeps rows (counted from the last good read): some
-            // changes may be gone for good.
+            // changes may be gone for good, and Redis may hold values they made stale. Reset
+            // Redis (a new incarnation voids every value at once) and drop L1, before catching
+            // up. If Redis cannot be reached the reset is owed and L2 bypassed until it lands.
             if last_read.is_some_and(|t| t.elapsed() >= self.cfg.retention) {
-                self.invalidator.cache().flush_local("listener_gap");
+                let redis = self
+                    .invalidator
+                    .cache()
+                    .reset(ResetCause::ListenerGap)
+                    .await;
                 tracing::warn!(
-                    "change listener was away longer than the outbox retention; L1 flushed"
+                    redis_reset = redis.is_ok(),
+                    "change listener was away longer than the outbox retention; Redis namespace reset and L1 flushed"
                 );
             }
             let Some(cur) = cursor.as_mut() else { continue };

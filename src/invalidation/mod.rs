@@ -15,7 +15,9 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use crate::cache::{now_ms, CacheError, CacheKey, Deletion, Dropped, Kind, Marker, Tag, Tiered};
+use crate::cache::{
+    now_ms, CacheError, CacheKey, Deletion, Dropped, Kind, Marker, ResetCause, Tag, Tiered,
+};
 use crate::domain::{Change, Channel, Commit, LeadId, TxId};
 use crate::metrics::Metrics;
 use crate::store::outbox::OutboxChange;
@@ -42,10 +44,15 @@ impl Backoff {
     async fn wait(&mut self, stop: &mut tokio::sync::watch::Receiver<bool>) -> bool {
         let delay = self.0;
         self.0 = (self.0 * 2).min(Self::MAX);
-        tokio::select! {
-            _ = tokio::time::sleep(delay) => true,
-            _ = crate::startup::stopped(stop) => false,
-        }
+        sleep_or_stop(delay, stop).await
+    }
+}
+
+/// Sleeps for `delay`; false if `stop` was set meanwhile.
+async fn sleep_or_stop(delay: Duration, stop: &mut tokio::sync::watch::Receiver<bool>) -> bool {
+    tokio::select! {
+        _ = tokio::time::sleep(delay) => true,
+        _ = crate::startup::stopped(stop) => false,
     }
 }
 
@@ -341,11 +348,7 @@ impl Invalidator {
     /// Returns the Redis keys removed.
     pub async fn flush_all(&self) -> Result<u64, CacheError> {
         self.count(Source::Admin);
-        let removed = match self.cache.remote() {
-            Some(remote) => remote.flush_namespace().await,
-            None => Ok(0),
-        };
-        self.cache.flush_local("admin");
+        let removed = self.cache.reset(ResetCause::Admin).await;
         if let Some(bus) = &self.bus {
             bus.send_admin(Vec::new(), true);
         }

@@ -90,6 +90,18 @@ pub fn test_settings() -> Settings {
     s
 }
 
+/// The database name in `settings`' Postgres URL.
+pub fn database_name(settings: &Settings) -> String {
+    settings
+        .postgres
+        .url
+        .expose()
+        .rsplit('/')
+        .next()
+        .unwrap_or_default()
+        .to_owned()
+}
+
 pub struct TestApp {
     pub addr: String,
     pub port: u16,
@@ -133,15 +145,7 @@ pub async fn spawn_with_settings(settings: Settings) -> TestApp {
         let _ = stop_rx.await;
     }));
     // Assertions and clean-up talk to Postgres directly, even when the app goes through a relay.
-    let name = settings
-        .postgres
-        .url
-        .expose()
-        .rsplit('/')
-        .next()
-        .unwrap_or_default()
-        .to_owned();
-    let db_url = format!("{}/{name}", database_base_url());
+    let db_url = format!("{}/{}", database_base_url(), database_name(&settings));
     let db = PgPoolOptions::new()
         .max_connections(4)
         .connect(&db_url)

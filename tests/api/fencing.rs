@@ -14,12 +14,12 @@ use crate::common::{spawn_app, spawn_app_with, TestApp};
 use crate::lookups::world;
 
 /// Pauses the first fill of `target` until released; other fills pass.
-struct Pause {
-    loaded: Arc<Notify>,
-    go: Arc<Notify>,
+pub struct Pause {
+    pub loaded: Arc<Notify>,
+    pub go: Arc<Notify>,
 }
 
-fn pause_first_fill(app: &TestApp, target: String) -> Pause {
+pub fn pause_first_fill(app: &TestApp, target: String) -> Pause {
     let loaded = Arc::new(Notify::new());
     let go = Arc::new(Notify::new());
     let first = Arc::new(AtomicBool::new(true));
@@ -38,7 +38,7 @@ fn pause_first_fill(app: &TestApp, target: String) -> Pause {
     Pause { loaded, go }
 }
 
-async fn get_in_background(
+pub async fn get_in_background(
     app: &TestApp,
     path: String,
 ) -> tokio::task::JoinHandle<(StatusCode, String, serde_json::Value)> {

@@ -12,6 +12,8 @@ mod fencing;
 mod fuzz;
 mod lookups;
 mod metrics;
+mod redis_loss;
 mod redis_modes;
+mod redis_server;
 mod resilience;
 mod writes;

@@ -16,8 +16,8 @@ use serde_json::{json, Value};
 use sidecache::config::{SecretUrl, Settings};
 
 use crate::common::{
-    eventually, postgres_addr, redis_addr, spawn_app_with, test_settings, unpooled_client, Relay,
-    TestApp,
+    database_name, eventually, postgres_addr, redis_addr, spawn_app_with, test_settings,
+    unpooled_client, Relay, TestApp,
 };
 use crate::lookups::world;
 
@@ -30,10 +30,16 @@ pub const FAULTS: &[&str] = &[
     "stampede_on_a_cold_key",
     "overload",
     "graceful_shutdown",
+    "postgres_cut_with_sql_writes",
+    "redis_flushed_during_a_load",
+    "redis_restarted_during_a_load",
+    "redis_restored_from_an_older_snapshot_during_a_load",
+    "listener_away_past_retention",
+    "redis_evicting",
 ];
 
 /// Writes what a fault test observed, for the reliability report.
-fn report(fault: &str, promise: &str, observed: Value) {
+pub fn report(fault: &str, promise: &str, observed: Value) {
     assert!(FAULTS.contains(&fault), "{fault} is listed in FAULTS");
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/reliability");
     std::fs::create_dir_all(&dir).unwrap();
@@ -69,15 +75,7 @@ fn via_redis_relay(relay: &Relay) -> Settings {
 /// Settings whose Postgres (pool and listener) goes through `relay`.
 fn via_postgres_relay(relay: &Relay) -> Settings {
     let mut s = test_settings();
-    let name = s
-        .postgres
-        .url
-        .expose()
-        .rsplit('/')
-        .next()
-        .unwrap()
-        .to_owned();
-    s.postgres.url = SecretUrl::new(relay.postgres_url(&name));
+    s.postgres.url = SecretUrl::new(relay.postgres_url(&database_name(&s)));
     s
 }
 
@@ -393,6 +391,59 @@ async fn postgres_cut() {
             "uncached_lookup": format!("503 {code}"),
             "writes": "503, nothing written",
             "fresh_again_after_restore_ms": took.as_millis() as u64,
+        }),
+    );
+}
+
+/// Writes made by plain SQL while sidecache cannot reach Postgres are applied as soon as it can
+/// again: the change listener reconnects when Postgres answers, not after a backoff.
+#[tokio::test]
+async fn postgres_cut_with_sql_writes() {
+    let relay = Relay::start(postgres_addr()).await;
+    let app = crate::common::spawn_with_settings(via_postgres_relay(&relay)).await;
+    let w = world(&app).await;
+    let path = format!("/v1/leads/{}", w.lead_id());
+    let listener_up = |up: f64| {
+        let app = &app;
+        move || async move { app.metric("sidecache_listener_up", &[]).await == up }
+    };
+    assert!(eventually(Duration::from_secs(10), listener_up(1.0)).await);
+    app.get(&path).await;
+    assert_eq!(app.get(&path).await.cache(), "HIT-L1");
+
+    relay.cut();
+    assert!(eventually(Duration::from_secs(10), listener_up(0.0)).await);
+    sqlx::query("UPDATE leads SET first_name = 'DuringOutage' WHERE id = $1::uuid")
+        .bind(w.lead_id())
+        .execute(&app.db)
+        .await
+        .unwrap();
+    // Long enough for a doubling backoff to reach its ceiling.
+    let outage = Duration::from_millis(2500);
+    tokio::time::sleep(outage).await;
+    let during = app.get(&path).await;
+    assert_eq!(
+        during.body["first_name"], "Ada",
+        "nobody can tell it yet: {}",
+        during.text
+    );
+
+    relay.restore();
+    let (seen, took) = app
+        .get_until(&path, Duration::from_secs(10), |r| {
+            r.body["first_name"] == "DuringOutage"
+        })
+        .await;
+    assert_eq!(
+        seen.body["first_name"], "DuringOutage",
+        "the write made during the outage is served ({took:?} after the restore)"
+    );
+    report(
+        "postgres_cut_with_sql_writes",
+        "A change made by plain SQL while sidecache could not reach Postgres is served once Postgres answers again: the change listener reconnects as soon as a connection attempt is answered and replays the outbox.",
+        json!({
+            "outage_ms": outage.as_millis() as u64,
+            "new_version_served_after_restore_ms": took.as_millis() as u64,
         }),
     );
 }
