@@ -361,13 +361,15 @@ fn spawn_background(
         tasks.push(tokio::spawn(async move {
             let mut tick = tokio::time::interval(Duration::from_millis(500));
             loop {
+                // Every 500 ms, and at once after a failed operation (L2 is not read until a
+                // check has seen the server again).
                 tokio::select! {
-                    _ = tick.tick() => {
-                        if cache.probe_redis().await {
-                            remote.retry_pending().await;
-                        }
-                    }
+                    _ = tick.tick() => {}
+                    _ = remote.check_wanted() => {}
                     _ = stopped(&mut stop) => break,
+                }
+                if cache.probe_redis().await {
+                    remote.retry_pending().await;
                 }
             }
         }));

@@ -92,7 +92,7 @@ return out
 
 /// Functions the read, fill and check scripts share (prepended to them).
 /// - `server_now()`: the server's `run_id` and `evicted_keys` as one string, or false if `INFO`
-///   cannot be read (an ACL may deny it; then nothing is compared).
+///   cannot be read or lacks them (an ACL may deny it; then nothing is compared).
 /// - `create(inc, rec, candidate)`: makes `candidate` the incarnation of a namespace that has none,
 ///   recording the server it was made on. Returns it.
 /// - `server_check(inc, rec, candidate)`: compares the server with the one the namespace last
@@ -103,8 +103,9 @@ local function server_now()
   local server = redis.pcall('INFO', 'server')
   local stats = redis.pcall('INFO', 'stats')
   if type(server) ~= 'string' or type(stats) ~= 'string' then return false end
-  local rid = string.match(server, 'run_id:(%x+)') or '?'
-  local ev = tonumber(string.match(stats, 'evicted_keys:(%d+)')) or 0
+  local rid = string.match(server, 'run_id:(%x+)')
+  local ev = string.match(stats, 'evicted_keys:(%d+)')
+  if not rid or not ev then return false end
   return rid .. ' ' .. ev
 end
 local function create(inc_key, rec_key, candidate)
@@ -126,8 +127,9 @@ local function server_check(inc_key, rec_key, candidate)
   elseif rec ~= now then
     local rid0, ev0 = string.match(rec, '^(%S+) (%d+)$')
     local rid, ev = string.match(now, '^(%S+) (%d+)$')
+    -- evicted_keys moves only up, unless CONFIG RESETSTAT: any change may hide an eviction.
     if rid0 ~= rid then cause = 'server_changed'
-    elseif tonumber(ev) > tonumber(ev0) then cause = 'evictions' end
+    elseif ev0 ~= ev then cause = 'evictions' end
   else
     return false, true
   end
@@ -171,10 +173,13 @@ return {inc, rotated or '', checked and 1 or 0}
 "#;
 
 const INVALIDATE_LUA: &str = r#"
--- KEYS: (value, fence) per key, then (tag fence, tag members) per tag, then the marker keys
+-- KEYS: the fence clock, (value, fence) per key, then (tag fence, tag members) per tag, then the
+--       marker keys
 -- ARGV: number of keys, fence ttl ms, marker mode, marker ttl ms
 -- Marker modes: 0 none; 1 set KEYS[#KEYS]; 2 skip if any marker exists, else drop and set the
 -- last; 3 skip if any marker exists, else drop (a chunk before the last).
+-- A fence takes the clock's next value, never its own + 1: a fence that expired and is bumped
+-- again must not repeat a number a load may hold as its token.
 local nk = tonumber(ARGV[1])
 local ttl = ARGV[2]
 local mode = tonumber(ARGV[3])
@@ -185,18 +190,17 @@ if mode >= 2 then
     if redis.call('EXISTS', KEYS[i]) == 1 then return -1 end
   end
 end
+local function bump(f) redis.call('SET', f, redis.call('INCR', KEYS[1]), 'PX', ttl) end
 local dropped = 0
 for i = 0, nk - 1 do
-  redis.call('INCR', KEYS[2 + 2 * i])
-  redis.call('PEXPIRE', KEYS[2 + 2 * i], ttl)
-  dropped = dropped + redis.call('DEL', KEYS[1 + 2 * i])
+  bump(KEYS[3 + 2 * i])
+  dropped = dropped + redis.call('DEL', KEYS[2 + 2 * i])
 end
-local base = 2 * nk
+local base = 1 + 2 * nk
 local nt = (#KEYS - nm - base) / 2
 for i = 0, nt - 1 do
   local tf, tm = KEYS[base + 1 + 2 * i], KEYS[base + 2 + 2 * i]
-  redis.call('INCR', tf)
-  redis.call('PEXPIRE', tf, ttl)
+  bump(tf)
   local members = redis.call('SMEMBERS', tm)
   for _, m in ipairs(members) do
     dropped = dropped + redis.call('DEL', m)
@@ -205,6 +209,26 @@ for i = 0, nt - 1 do
 end
 if mode == 1 or mode == 2 then redis.call('SET', KEYS[#KEYS], '1', 'PX', ARGV[4]) end
 return dropped
+"#;
+
+/// Moves fences on their own (a whole kind, admin): KEYS: the fence clock, fences; ARGV: ttl ms.
+const BUMP_LUA: &str = r#"
+for i = 2, #KEYS do redis.call('SET', KEYS[i], redis.call('INCR', KEYS[1]), 'PX', ARGV[1]) end
+return #KEYS - 1
+"#;
+
+/// Deletes the values among KEYS[2..] that were not filled under the current incarnation
+/// (KEYS[1]); fences, tag sets and leases are never passed here. Returns how many went.
+const SWEEP_LUA: &str = r#"
+local inc = redis.call('GET', KEYS[1])
+if not inc then return 0 end
+local n = 0
+for i = 2, #KEYS do
+  if redis.call('GETRANGE', KEYS[i], 0, #inc - 1) ~= inc then
+    n = n + redis.call('UNLINK', KEYS[i])
+  end
+end
+return n
 "#;
 
 /// Records in Redis which transactions' invalidations have landed, so that every instance's
@@ -340,6 +364,8 @@ pub struct Remote {
     prefix: String,
     incarnation_key: String,
     server_key: String,
+    /// Where fences take their values from (never repeating within an incarnation).
+    clock_key: String,
     client: redis::Client,
     conn: OnceLock<ConnectionManager>,
     pool: deadpool_redis::Pool,
@@ -364,6 +390,18 @@ pub struct Remote {
     fill_script: Script,
     check_script: Script,
     invalidate_script: Script,
+    bump_script: Script,
+    sweep_script: Script,
+    /// Failed operations so far, and how many of them a successful check of the server has
+    /// covered (it started after them). L2 is read only while every failure is covered: a
+    /// failure may be a restart, and values restored from an older snapshot must not be read
+    /// before the check has seen the new server and reset the namespace.
+    failures: AtomicU64,
+    checked_through: AtomicU64,
+    /// Wakes the probe at once after a failure, so the check does not wait for its tick.
+    wake: tokio::sync::Notify,
+    /// Holds every check back (tests: forces reads between a reconnect and its check).
+    checks_held: AtomicBool,
 }
 
 /// A new random incarnation token: 16 hex digits.
@@ -398,6 +436,7 @@ impl Remote {
             prefix: format!("{}:v1:", cfg.namespace),
             incarnation_key: format!("{}:v1incarnation", cfg.namespace),
             server_key: format!("{}:v1server", cfg.namespace),
+            clock_key: format!("{}:v1clock", cfg.namespace),
             client,
             conn: OnceLock::new(),
             pool,
@@ -419,6 +458,13 @@ impl Remote {
             fill_script: Script::new(&format!("{SERVER_LUA}{FILL_LUA}")),
             check_script: Script::new(&format!("{SERVER_LUA}{CHECK_LUA}")),
             invalidate_script: Script::new(INVALIDATE_LUA),
+            bump_script: Script::new(BUMP_LUA),
+            sweep_script: Script::new(SWEEP_LUA),
+            failures: AtomicU64::new(0),
+            // Not checked yet: nothing is read from L2 before the first check.
+            checked_through: AtomicU64::new(u64::MAX),
+            wake: tokio::sync::Notify::new(),
+            checks_held: AtomicBool::new(false),
         })
     }
 
@@ -451,7 +497,8 @@ impl Remote {
             .observe(started.elapsed().as_secs_f64());
         let _ = self.conn.set(mgr);
         self.metrics.redis_up.set(i64::from(self.is_up()));
-        Ok(())
+        // L2 is read only after a check of the server (see `usable`).
+        self.check().await
     }
 
     /// True once connected and while the breaker is not open.
@@ -486,9 +533,26 @@ impl Remote {
         }
     }
 
-    /// True when reads may use L2: connected, the breaker not open, and no invalidation owed.
+    /// True when reads may use L2: connected, the breaker not open, the server checked since
+    /// the last failure, and no invalidation owed.
     pub fn usable(&self) -> bool {
-        self.is_up() && !self.has_pending.load(Ordering::Acquire)
+        self.is_up()
+            && self.checked_through.load(Ordering::Acquire) == self.failures.load(Ordering::Acquire)
+            && !self.has_pending.load(Ordering::Acquire)
+    }
+
+    /// Holds back (or lets go) every check of the server. For tests.
+    #[doc(hidden)]
+    pub fn hold_checks(&self, held: bool) {
+        self.checks_held.store(held, Ordering::Release);
+        if !held {
+            self.wake.notify_one();
+        }
+    }
+
+    /// Completes when an operation failed and the server should be checked again.
+    pub async fn check_wanted(&self) {
+        self.wake.notified().await;
     }
 
     fn value_key(&self, key: &CacheKey) -> String {
@@ -537,6 +601,8 @@ impl Remote {
                 .redis_errors
                 .with_label_values(&[command])
                 .inc();
+            self.failures.fetch_add(1, Ordering::AcqRel);
+            self.wake.notify_one();
         }
         self.transition(self.breaker.record(out.is_ok()));
         out
@@ -722,16 +788,21 @@ impl Remote {
     ) -> Result<(Option<Bytes>, bool), CacheError> {
         let mut conn = self.conn()?;
         let mut cmd = redis::cmd("MGET");
-        cmd.arg(self.value_key(key)).arg(self.lease_key(key));
+        cmd.arg(self.value_key(key))
+            .arg(self.lease_key(key))
+            .arg(self.incarnation_key());
         let raw: Vec<Option<Vec<u8>>> = self.run("mget", cmd.query_async(&mut conn)).await?;
         let mut it = raw.into_iter();
-        let value = it
-            .next()
-            .flatten()
-            .filter(|v| v.starts_with(incarnation))
+        let (value, leased, current) = (
+            it.next().flatten(),
+            it.next().flatten(),
+            it.next().flatten(),
+        );
+        // Only a value of the incarnation this lookup read, which must still be the current one.
+        let value = value
+            .filter(|v| v.starts_with(incarnation) && current.as_deref() == Some(incarnation))
             .map(|v| Bytes::from(v).slice(incarnation.len()..));
-        let leased = it.next().flatten().is_some();
-        Ok((value, leased))
+        Ok((value, leased.is_some()))
     }
 
     /// Stores `payload` if the namespace is in the incarnation `read` saw and no invalidation
@@ -831,6 +902,7 @@ impl Remote {
         let mut dropped = 0;
         for (i, (keys, tags)) in chunks.into_iter().enumerate() {
             let mut inv = self.invalidate_script.prepare_invoke();
+            inv.key(&self.clock_key);
             for k in keys {
                 inv.key(self.value_key(k)).key(self.fence_key(k));
             }
@@ -904,15 +976,11 @@ impl Remote {
     /// its key prefix (never the whole keyspace), moving each key's fence as it goes.
     pub async fn invalidate_kind(&self, kind: Kind) -> Result<u64, CacheError> {
         let mut conn = self.conn()?;
-        let mut bump = redis::pipe();
-        bump.cmd("INCR")
-            .arg(self.kind_fence_key(kind))
-            .ignore()
-            .cmd("PEXPIRE")
-            .arg(self.kind_fence_key(kind))
-            .arg(FENCE_TTL.as_millis() as u64)
-            .ignore();
-        self.run("invalidate", bump.query_async::<()>(&mut conn))
+        let mut bump = self.bump_script.prepare_invoke();
+        bump.key(&self.clock_key)
+            .key(self.kind_fence_key(kind))
+            .arg(FENCE_TTL.as_millis() as u64);
+        self.run("invalidate", bump.invoke_async::<i64>(&mut conn))
             .await?;
         let pattern = format!("{}{}*", self.prefix, kind.key_prefix());
         let mut dropped = 0;
@@ -936,15 +1004,22 @@ impl Remote {
         Ok(dropped)
     }
 
-    /// Resets the namespace: a new incarnation (every fill in flight is refused and every value
-    /// voided, at once), then SCANs only keys under the prefix and unlinks them, on a
-    /// control-plane connection so lookups are not held up. Returns the keys removed. If Redis
-    /// cannot be reached the reset is owed: L2 is bypassed until it lands.
-    pub async fn reset_namespace(&self, cause: ResetCause) -> Result<u64, CacheError> {
+    /// Resets the namespace: a new incarnation, so every fill in flight is refused and every value
+    /// voided, at once. If Redis cannot be reached the reset is owed: L2 is bypassed until it
+    /// lands. The voided values are left to [`Remote::sweep`] (or their TTL).
+    pub async fn reset_namespace(&self, cause: ResetCause) -> Result<(), CacheError> {
         if let Err(e) = self.try_reset(cause).await {
             self.owe(Owed::Reset(cause));
             return Err(e);
         }
+        Ok(())
+    }
+
+    /// Deletes the values not filled under the current incarnation, SCANning only this
+    /// namespace on a control-plane connection so lookups are not held up. Fences, tag sets,
+    /// leases and markers are left alone: a fence moved after the reset must stay, or a fill
+    /// that read before it could land. Returns how many values went.
+    pub async fn sweep(&self) -> Result<u64, CacheError> {
         let mut removed = 0u64;
         let mut pool = self
             .pool
@@ -952,9 +1027,24 @@ impl Remote {
             .await
             .map_err(|e| CacheError::Redis(e.to_string()))?;
         for keys in self.scan(&format!("{}*", self.prefix)).await? {
-            removed += redis::cmd("UNLINK")
-                .arg(&keys)
-                .query_async::<u64>(&mut pool)
+            let values: Vec<&String> = keys
+                .iter()
+                .filter(|k| {
+                    k.strip_prefix(self.prefix.as_str())
+                        .and_then(CacheKey::parse)
+                        .is_some()
+                })
+                .collect();
+            if values.is_empty() {
+                continue;
+            }
+            let mut inv = self.sweep_script.prepare_invoke();
+            inv.key(self.incarnation_key());
+            for k in values {
+                inv.key(k.as_str());
+            }
+            removed += inv
+                .invoke_async::<u64>(&mut pool)
                 .await
                 .map_err(|e| CacheError::Redis(e.to_string()))?;
         }
@@ -1025,7 +1115,11 @@ impl Remote {
     /// keys) and notes its incarnation, so an instance serving only L1 hits still learns of a
     /// reset within one probe.
     async fn check(&self) -> Result<(), CacheError> {
+        if self.checks_held.load(Ordering::Acquire) {
+            return Err(CacheError::Unavailable);
+        }
         let mut conn = self.conn()?;
+        let failures = self.failures.load(Ordering::Acquire);
         let candidate = new_incarnation();
         let mut inv = self.check_script.prepare_invoke();
         inv.key(self.incarnation_key())
@@ -1044,6 +1138,7 @@ impl Remote {
                  eviction cannot be detected, and could let a stale fill through"
             );
         }
+        self.checked_through.store(failures, Ordering::Release);
         Ok(())
     }
 }

@@ -730,24 +730,33 @@ impl Tiered {
         up
     }
 
-    /// Resets the Redis namespace (a new incarnation: fills in flight refused, values voided,
-    /// keys unlinked) and drops L1. Returns the Redis keys removed. If Redis cannot be reached
-    /// the reset is owed and L2 bypassed until it lands; L1 is dropped either way.
-    pub async fn reset(&self, cause: ResetCause) -> Result<u64, CacheError> {
-        let removed = match &self.remote {
+    /// Resets the Redis namespace (a new incarnation: fills in flight refused, values voided)
+    /// and drops L1. If Redis cannot be reached the reset is owed and L2 bypassed until it
+    /// lands; L1 is dropped either way. The voided values stay until [`Tiered::sweep`] or their
+    /// TTL.
+    pub async fn reset(&self, cause: ResetCause) -> Result<(), CacheError> {
+        let reset = match &self.remote {
             Some(remote) => {
                 let out = remote.reset_namespace(cause).await;
                 self.resets_seen.store(remote.resets(), Ordering::Release);
                 out
             }
-            None => Ok(0),
+            None => Ok(()),
         };
         self.flush_local(match cause {
             ResetCause::Admin => "admin",
             ResetCause::ListenerGap => "listener_gap",
             _ => "redis_reset",
         });
-        removed
+        reset
+    }
+
+    /// Deletes the Redis values a reset voided; returns how many.
+    pub async fn sweep(&self) -> Result<u64, CacheError> {
+        match &self.remote {
+            Some(remote) => remote.sweep().await,
+            None => Ok(0),
+        }
     }
 
     fn count_invalidated(&self, tier: &str, d: &Deletion) {

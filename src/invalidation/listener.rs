@@ -105,41 +105,15 @@ impl Listener {
                     continue;
                 }
             };
-            backoff.reset();
-            if cursor.is_none() {
-                match tokio::time::timeout(
-                    self.cfg.read_timeout,
-                    outbox::start(&mut listener, &self.metrics),
-                )
-                .await
-                {
-                    Ok(Ok(c)) => cursor = Some(c),
-                    _ => {
-                        if !backoff.wait(&mut stop).await {
-                            return;
-                        }
-                        continue;
-                    }
-                }
-            }
-            // Away for longer than the outbox keeps rows (counted from the last good read): some
-            // changes may be gone for good, and Redis may hold values they made stale. Reset
-            // Redis (a new incarnation voids every value at once) and drop L1, before catching
-            // up. If Redis cannot be reached the reset is owed and L2 bypassed until it lands.
-            if last_read.is_some_and(|t| t.elapsed() >= self.cfg.retention) {
-                let redis = self
-                    .invalidator
-                    .cache()
-                    .reset(ResetCause::ListenerGap)
-                    .await;
-                tracing::warn!(
-                    redis_reset = redis.is_ok(),
-                    "change listener was away longer than the outbox retention; Redis namespace reset and L1 flushed"
-                );
-            }
-            let Some(cur) = cursor.as_mut() else { continue };
+            let mut caught_up = false;
             let outcome = self
-                .serve(&mut listener, cur, &mut stop, &mut last_read)
+                .serve(
+                    &mut listener,
+                    &mut cursor,
+                    &mut stop,
+                    &mut last_read,
+                    &mut caught_up,
+                )
                 .await;
             self.coherence.set_listener(false);
             self.metrics.listener_up.set(0);
@@ -148,6 +122,13 @@ impl Listener {
                 Err(e) => {
                     tracing::warn!(error = %e, "change listener lost its connection; replaying the outbox when it is back");
                 }
+            }
+            // A session that never caught up (the outbox cannot be read, say) is not retried
+            // at once: each attempt costs a Postgres backend.
+            if caught_up {
+                backoff.reset();
+            } else if !backoff.wait(&mut stop).await {
+                return;
             }
         }
     }
@@ -168,20 +149,24 @@ impl Listener {
     }
 
     /// Catches up, then applies on every notification and poll. `Ok` when stopped, `Err` when
-    /// the connection is lost.
+    /// the connection is lost; `caught_up` tells whether the first catch-up succeeded.
     async fn serve(
         &self,
         listener: &mut PgListener,
-        cursor: &mut Cursor,
+        cursor: &mut Option<Cursor>,
         stop: &mut watch::Receiver<bool>,
         last_read: &mut Option<Instant>,
+        caught_up: &mut bool,
     ) -> Result<(), StoreError> {
-        self.catch_up(listener, cursor).await?;
-        *last_read = Some(Instant::now());
+        if cursor.is_none() {
+            *cursor = Some(self.start(listener).await?);
+        }
+        self.catch_up(listener, cursor, last_read).await?;
+        *caught_up = true;
         self.coherence.set_listener(true);
         self.metrics.listener_up.set(1);
         tracing::info!(
-            last_id = cursor.last_id,
+            last_id = cursor.as_ref().map_or(0, |c| c.last_id),
             "change listener connected and caught up"
         );
         let mut poll = tokio::time::interval(self.cfg.poll);
@@ -192,39 +177,81 @@ impl Listener {
                     Ok(Some(_)) => {
                         // One read serves every notification already waiting.
                         while listener.next_buffered().is_some() {}
-                        self.catch_up(listener, cursor).await?;
-                        *last_read = Some(Instant::now());
+                        self.catch_up(listener, cursor, last_read).await?;
                     }
                     Ok(None) => return Err(StoreError::Unavailable(Arc::new(sqlx::Error::PoolClosed))),
                     Err(e) => return Err(StoreError::Unavailable(Arc::new(e))),
                 },
-                _ = poll.tick() => {
-                    self.catch_up(listener, cursor).await?;
-                    *last_read = Some(Instant::now());
-                }
+                _ = poll.tick() => self.catch_up(listener, cursor, last_read).await?,
                 _ = crate::startup::stopped(stop) => return Ok(()),
             }
         }
     }
 
-    /// Reads what is new and applies it, one transaction at a time, in commit-id order.
+    /// A cursor at the end of the outbox as it is now.
+    async fn start(&self, listener: &mut PgListener) -> Result<Cursor, StoreError> {
+        tokio::time::timeout(
+            self.cfg.read_timeout,
+            outbox::start(listener, &self.metrics),
+        )
+        .await
+        .map_err(|_| StoreError::Unavailable(Arc::new(sqlx::Error::PoolTimedOut)))?
+    }
+
+    /// Reads what is new and applies it, one transaction at a time, in commit-id order, a batch
+    /// at a time (each read has its own timeout, so a large backlog is worked off rather than
+    /// timing out as a whole).
+    ///
+    /// First, if the outbox was last read longer ago than it keeps rows (the connection was
+    /// away, or the process paused), changes may be gone for good and Redis may hold values
+    /// they made stale: the listener takes a fresh cursor at the end of the outbox, then resets
+    /// the Redis namespace (a new incarnation voids every value at once) and drops L1. Every
+    /// change committed before the fresh cursor is covered by the reset, every later one is
+    /// read from it. If Redis cannot be reached the reset is owed and L2 bypassed until it
+    /// lands; the voided values are swept in the background.
     async fn catch_up(
         &self,
         listener: &mut PgListener,
-        cursor: &mut Cursor,
+        cursor: &mut Option<Cursor>,
+        last_read: &mut Option<Instant>,
     ) -> Result<(), StoreError> {
-        let read = outbox::read_since(listener, cursor, self.cfg.batch, &self.metrics);
-        let changes = tokio::time::timeout(self.cfg.read_timeout, read)
-            .await
-            .map_err(|_| StoreError::Unavailable(Arc::new(sqlx::Error::PoolTimedOut)))??;
-        for group in by_transaction(&changes) {
-            let txid = group[0].txid;
-            if let Err(e) = self.invalidator.replay(txid, &group).await {
-                // L1 is dropped; Redis is owed and retried in the background.
-                tracing::warn!(error = %e, txid = txid.0, "redis invalidation of a database change deferred");
+        let started = Instant::now();
+        if last_read.is_some_and(|t| t.elapsed() >= self.cfg.retention) {
+            *cursor = Some(self.start(listener).await?);
+            let cache = self.invalidator.cache().clone();
+            let redis = cache.reset(ResetCause::ListenerGap).await;
+            tracing::warn!(
+                redis_reset = redis.is_ok(),
+                "change listener was away longer than the outbox retention; Redis namespace reset and L1 flushed"
+            );
+            tokio::spawn(async move {
+                if let Err(e) = cache.sweep().await {
+                    tracing::debug!(error = %e, "sweeping voided values failed; their TTL will");
+                }
+            });
+        }
+        let Some(cursor) = cursor.as_mut() else {
+            return Ok(());
+        };
+        loop {
+            let read = outbox::read_since(listener, cursor, self.cfg.batch, &self.metrics);
+            let (changes, more) = tokio::time::timeout(self.cfg.read_timeout, read)
+                .await
+                .map_err(|_| StoreError::Unavailable(Arc::new(sqlx::Error::PoolTimedOut)))??;
+            for group in by_transaction(&changes) {
+                let txid = group[0].txid;
+                if let Err(e) = self.invalidator.replay(txid, &group).await {
+                    // L1 is dropped; Redis is owed and retried in the background.
+                    tracing::warn!(error = %e, txid = txid.0, "redis invalidation of a database change deferred");
+                }
+            }
+            self.applied.store(cursor.last_id, Ordering::Relaxed);
+            if !more {
+                break;
             }
         }
-        self.applied.store(cursor.last_id, Ordering::Relaxed);
+        // Counted from before the read: rows written since may be pruned a retention later.
+        *last_read = Some(started);
         Ok(())
     }
 

@@ -348,7 +348,10 @@ impl Invalidator {
     /// Returns the Redis keys removed.
     pub async fn flush_all(&self) -> Result<u64, CacheError> {
         self.count(Source::Admin);
-        let removed = self.cache.reset(ResetCause::Admin).await;
+        let removed = match self.cache.reset(ResetCause::Admin).await {
+            Ok(()) => self.cache.sweep().await,
+            Err(e) => Err(e),
+        };
         if let Some(bus) = &self.bus {
             bus.send_admin(Vec::new(), true);
         }

@@ -153,17 +153,18 @@ pub async fn start(conn: &mut PgListener, metrics: &Metrics) -> Result<Cursor, S
     })
 }
 
-/// Reads every change committed since the cursor, in id order, and advances it. Rows already
-/// returned by an earlier call are not returned again. Reads at most `batch` new rows per
-/// statement, looping until it has them all. The cursor moves only if every statement
-/// succeeded (and the future was not dropped): a read that fails half-way returns nothing and
-/// leaves the cursor where it was, so the rows it had seen are read again.
+/// Reads changes committed since the cursor, in id order, and advances it: the rows of late
+/// commits it may have read past, and at most `batch` new rows. Rows already returned by an
+/// earlier call are not returned again. Returns the changes and whether more new rows may be
+/// waiting (call again). The cursor moves only if every statement succeeded (and the future was
+/// not dropped): a read that fails half-way returns nothing and leaves the cursor where it was,
+/// so the rows it had seen are read again.
 pub async fn read_since(
     conn: &mut PgListener,
     cursor: &mut Cursor,
     batch: i64,
     metrics: &Metrics,
-) -> Result<Vec<OutboxChange>, StoreError> {
+) -> Result<(Vec<OutboxChange>, bool), StoreError> {
     let mut next = cursor.clone();
     let out = read_into(conn, &mut next, batch, metrics).await?;
     *cursor = next;
@@ -175,7 +176,7 @@ async fn read_into(
     cursor: &mut Cursor,
     batch: i64,
     metrics: &Metrics,
-) -> Result<Vec<OutboxChange>, StoreError> {
+) -> Result<(Vec<OutboxChange>, bool), StoreError> {
     let recheck = format!(
         "WITH s AS (SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint AS snapshot_xmin) \
          SELECT s.snapshot_xmin, {COLUMNS} FROM s LEFT JOIN sidecache_outbox o \
@@ -206,28 +207,23 @@ async fn read_into(
             }
         }
     }
-    loop {
-        let rows: Vec<Row> = timed(
-            metrics,
-            "outbox_read",
-            sqlx::query_as(&fresh)
-                .bind(cursor.last_id)
-                .bind(batch)
-                .fetch_all(&mut *conn),
-        )
-        .await?;
-        let mut n = 0;
-        for row in rows {
-            xmin = xmin.min(row.snapshot_xmin);
-            if let (Some(id), Some(txid)) = (row.id, row.txid) {
-                n += 1;
-                cursor.last_id = cursor.last_id.max(id);
-                cursor.seen.insert(id, txid);
-                out.extend(checked(row));
-            }
-        }
-        if n < batch {
-            break;
+    let rows: Vec<Row> = timed(
+        metrics,
+        "outbox_read",
+        sqlx::query_as(&fresh)
+            .bind(cursor.last_id)
+            .bind(batch)
+            .fetch_all(&mut *conn),
+    )
+    .await?;
+    let mut n = 0;
+    for row in rows {
+        xmin = xmin.min(row.snapshot_xmin);
+        if let (Some(id), Some(txid)) = (row.id, row.txid) {
+            n += 1;
+            cursor.last_id = cursor.last_id.max(id);
+            cursor.seen.insert(id, txid);
+            out.extend(checked(row));
         }
     }
     if xmin != i64::MAX {
@@ -236,7 +232,7 @@ async fn read_into(
     // Rows of transactions older than the horizon are never asked for again.
     let horizon = cursor.xmin;
     cursor.seen.retain(|_, txid| *txid >= horizon);
-    Ok(out)
+    Ok((out, n >= batch))
 }
 
 fn checked(row: Row) -> Option<OutboxChange> {

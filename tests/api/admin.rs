@@ -181,16 +181,28 @@ async fn flush_empties_every_l1_and_the_namespace_in_redis() {
         .filter(|k| k.contains(":v1:context:"))
         .count();
     assert_eq!(values_before, 1);
+    let prefix = format!("{}:v1:", a.namespace);
+    let is_value = |k: &String| {
+        k.strip_prefix(&prefix)
+            .and_then(sidecache::cache::CacheKey::parse)
+            .is_some()
+    };
+    let cached = a.redis_keys().await.iter().filter(|k| is_value(k)).count();
     let r = admin(&a, Method::POST, "/admin/flush", None).await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.text);
     assert_eq!(r.body["redis"], "flushed");
-    let left: Vec<String> = a
-        .redis_keys()
-        .await
-        .into_iter()
-        .filter(|k| k.starts_with(&format!("{}:v1:", a.namespace)))
-        .collect();
-    assert!(left.is_empty(), "namespace emptied: {left:?}");
+    // Every cached value is gone. Fences stay until their TTL: deleting one that moved after
+    // the flush could let a load that read before it store its old value.
+    let left: Vec<String> = a.redis_keys().await.into_iter().filter(is_value).collect();
+    assert!(left.is_empty(), "every value removed: {left:?}");
+    assert!(
+        a.redis_keys()
+            .await
+            .iter()
+            .any(|k| k.starts_with(&format!("{prefix}fence:"))),
+        "fences stay"
+    );
+    assert_eq!(r.body["redis_keys_removed"], cached, "{}", r.text);
     // Each L1 lost the entry: the next read is not an L1 hit (A reads first and refills
     // Redis, so B may find it there).
     for app in [&a, &b] {

@@ -245,6 +245,90 @@ async fn redis_restored_from_an_older_snapshot_during_a_load() {
     .await;
 }
 
+/// A fence that expired (here: deleted, as its expiry would) and is moved again must not come
+/// back with the number a load in flight holds as its token.
+#[tokio::test]
+async fn a_fence_that_expired_and_moved_again_refuses_the_fill() {
+    let f = fleet().await;
+    let w = world(&f.a).await;
+    let l = w.lead_id().to_owned();
+    let path = format!("/v1/leads/{l}");
+    let key = format!("lead:id:{l}");
+    // The lead's fence has moved once (its creation), and the value is not cached.
+    let fence = format!("{}:v1:fence:{key}", f.c.namespace);
+    let mut conn = f.redis.conn().await;
+    let token: Option<String> = redis::cmd("GET")
+        .arg(&fence)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert!(token.is_some(), "the write moved the fence");
+
+    let pause = pause_first_fill(&f.c, key.clone());
+    let reader = get_in_background(&f.c, path.clone()).await;
+    tokio::time::timeout(BOUND, pause.loaded.notified())
+        .await
+        .expect("the load reached the hook");
+    let _: () = redis::cmd("DEL")
+        .arg(&fence)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let ack = f.a.patch(&path, json!({"first_name": "Augusta"})).await;
+    assert_eq!(ack.version(), 2);
+    let moved: Option<String> = redis::cmd("GET")
+        .arg(&fence)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_ne!(moved, token, "the fence did not repeat its old number");
+    pause.go.notify_one();
+    let (_, _, old) = reader.await.unwrap();
+    assert_eq!(old["version"], 1);
+    assert!(!f.in_redis(&key).await, "the fill was refused");
+    f.c.flush_l1();
+    assert_eq!(f.c.get(&path).await.version(), 2);
+}
+
+/// Right after a restart from an older snapshot, before any check of the server: the values it
+/// brought back are not read (the first failed operation stops L2 reads until a check).
+#[tokio::test]
+async fn values_restored_from_a_snapshot_are_not_read_before_the_check() {
+    let f = fleet().await;
+    let w = world(&f.a).await;
+    let path = format!("/v1/leads/{}", w.lead_id());
+    assert_eq!(f.c.get(&path).await.cache(), "MISS");
+    f.save().await;
+    assert_eq!(
+        f.a.patch(&path, json!({"first_name": "Augusta"}))
+            .await
+            .version(),
+        2
+    );
+    // A's checks are held: its reads after the reconnect come before any check.
+    let remote = f.a.state.cache.remote().unwrap().clone();
+    remote.hold_checks(true);
+    f.redis.restart().await;
+    for i in 0..10 {
+        f.a.flush_l1();
+        let r = f.a.get(&path).await;
+        assert_eq!(r.version(), 2, "read {i}: {} {}", r.cache(), r.text);
+        assert_ne!(
+            r.cache(),
+            "HIT-L2",
+            "read {i}: L2 is not read before the check"
+        );
+    }
+    // Once checked, the restored values are voided and L2 is read again.
+    remote.hold_checks(false);
+    assert!(eventually(BOUND, || async { remote.usable() }).await);
+    f.a.flush_l1();
+    assert_eq!(f.a.get(&path).await.version(), 2);
+    f.a.flush_l1();
+    let again = f.a.get(&path).await;
+    assert_eq!((again.version(), again.cache()), (2, "HIT-L2"));
+}
+
 /// A restart from a snapshot brings back values that later writes had dropped. They are voided
 /// once an instance sees the server changed (on its next probe, or on any fill).
 #[tokio::test]
@@ -411,7 +495,8 @@ async fn a_listener_away_past_the_retention_resets_redis_too() {
     let resets = app
         .metric("sidecache_redis_resets_total", &[("cause", "listener_gap")])
         .await;
-    assert_eq!(resets, 1.0);
+    // At least once: on a loaded machine a poll delayed past a 1 s retention is a gap too.
+    assert!(resets >= 1.0, "{resets}");
     report(
         "listener_away_past_retention",
         "A change listener that returns after longer than coherence.outbox_retention_secs (changes may have been pruned unread) resets the Redis namespace and drops L1: the change made meanwhile is served, not the old value from Redis.",
