@@ -6,6 +6,7 @@
 #![allow(dead_code)]
 
 use std::net::SocketAddr;
+use std::num::NonZeroU32;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -73,19 +74,19 @@ pub fn postgres_addr() -> SocketAddr {
 pub fn test_settings() -> Settings {
     let mut s = Settings::default();
     let id = uuid::Uuid::new_v4().simple().to_string();
-    s.server.listen = "127.0.0.1:0".into();
-    s.server.shutdown_grace_secs = 2;
+    s.server.listen = SocketAddr::from(([127, 0, 0, 1], 0));
+    s.server.shutdown_grace = Duration::from_secs(2);
     s.postgres.url = SecretUrl::new(format!(
         "{}/sidecache_test_{}",
         database_base_url(),
         &id[..16]
     ));
-    s.postgres.max_connections = 8;
+    s.postgres.max_connections = NonZeroU32::new(8).unwrap();
     s.redis.url = SecretUrl::new(redis_url());
     s.redis.namespace = format!("sctest-{}", &id[..12]);
     // Loopback Redis answers in well under a millisecond; a generous budget keeps a loaded CI
     // machine from turning slow answers into misses.
-    s.redis.timeout_ms = 500;
+    s.redis.timeout = Duration::from_millis(500);
     s.log.level = "warn".into();
     s
 }
@@ -367,7 +368,7 @@ impl TestApp {
     /// with `tweak` applied to a copy of this one's settings.
     pub async fn spawn_peer(&self, tweak: impl FnOnce(&mut Settings)) -> TestApp {
         let mut settings = self.settings.clone();
-        settings.server.listen = "127.0.0.1:0".into();
+        settings.server.listen = SocketAddr::from(([127, 0, 0, 1], 0));
         tweak(&mut settings);
         let mut peer = spawn_with_settings(settings).await;
         peer.owns_resources = false;

@@ -367,9 +367,9 @@ async fn a_listener_away_past_the_retention_resets_redis_too() {
     let app = spawn_app_with(|s| {
         s.coherence.listener_url = SecretUrl::new(relay.postgres_url(&database_name(s)));
         s.coherence.bus = false;
-        s.coherence.poll_interval_ms = 100;
-        s.coherence.outbox_retention_secs = 1;
-        s.coherence.outbox_prune_interval_secs = 1;
+        s.coherence.poll_interval = Duration::from_millis(100);
+        s.coherence.outbox_retention = Duration::from_secs(1);
+        s.coherence.outbox_prune_interval = Duration::from_secs(1);
     })
     .await;
     let w = world(&app).await;

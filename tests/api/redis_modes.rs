@@ -55,7 +55,7 @@ async fn redis_unreachable_at_start_serves_degraded_then_picks_redis_up() {
     let url = relay.redis_url();
     let app = spawn_app_with(|s| {
         s.redis.url = sidecache::config::SecretUrl::new(url);
-        s.redis.connect_timeout_ms = 200;
+        s.redis.connect_timeout = Duration::from_millis(200);
     })
     .await;
     let ready = app.get("/readyz").await;

@@ -7,6 +7,7 @@
 //! `docs/RELIABILITY.md`, whose rows `the_reliability_report_covers_every_fault` keeps in step
 //! with [`FAULTS`].
 
+use std::num::NonZeroUsize;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -225,7 +226,7 @@ async fn redis_black_holed() {
     let relay = Relay::start(redis_addr()).await;
     let timeout = Duration::from_millis(200);
     let mut settings = via_redis_relay(&relay);
-    settings.redis.timeout_ms = timeout.as_millis() as u64;
+    settings.redis.timeout = timeout;
     // Every lookup goes to Redis: no L1 to hide behind.
     settings.cache.l1_enabled = false;
     settings.coherence.bus = false;
@@ -298,9 +299,9 @@ async fn redis_black_holed() {
 
 /// Short lifetimes, so that cached values expire (and need a refresh) within the test.
 fn short_ttls(s: &mut Settings) {
-    s.cache.ttl = sidecache::config::TtlSettings::uniform(1);
-    s.cache.negative_ttl_secs = 1;
-    s.cache.l1_max_ttl_secs = 1;
+    s.cache.ttl = sidecache::config::TtlSettings::uniform(Duration::from_secs(1));
+    s.cache.negative_ttl = Duration::from_secs(1);
+    s.cache.l1_max_ttl = Duration::from_secs(1);
     s.cache.jitter = 0.0;
     s.cache.refresh_ahead = 0.0;
 }
@@ -453,9 +454,9 @@ async fn postgres_slow() {
     let relay = Relay::start(postgres_addr()).await;
     let mut settings = via_postgres_relay(&relay);
     short_ttls(&mut settings);
-    settings.cache.soft_timeout_ms = 50;
-    settings.cache.lookup_deadline_ms = 5_000;
-    settings.postgres.acquire_timeout_ms = 5_000;
+    settings.cache.soft_timeout = Duration::from_millis(50);
+    settings.cache.lookup_deadline = Duration::from_millis(5_000);
+    settings.postgres.acquire_timeout = Duration::from_millis(5_000);
     settings.coherence.listener = false;
     let app = crate::common::spawn_with_settings(settings).await;
     let w = world(&app).await;
@@ -495,7 +496,7 @@ async fn postgres_slow() {
 
 #[tokio::test]
 async fn stampede_on_a_cold_key() {
-    let app = spawn_app_with(|s| s.server.max_concurrency = 4096).await;
+    let app = spawn_app_with(|s| s.server.max_concurrency = NonZeroUsize::new(4096).unwrap()).await;
     let w = world(&app).await;
     let l = w.lead_id().to_owned();
     app.delay_fills_of(format!("lead:id:{l}"), Duration::from_millis(500));
@@ -543,7 +544,8 @@ async fn stampede_on_a_cold_key() {
 #[tokio::test]
 async fn overload() {
     let limit = 4;
-    let app = spawn_app_with(|s| s.server.max_concurrency = limit).await;
+    let app =
+        spawn_app_with(|s| s.server.max_concurrency = NonZeroUsize::new(limit).unwrap()).await;
     let w = world(&app).await;
     let l = w.lead_id().to_owned();
     app.delay_fills_of(format!("lead:id:{l}"), Duration::from_millis(800));
@@ -603,8 +605,8 @@ async fn overload() {
 #[tokio::test]
 async fn graceful_shutdown() {
     let mut app = spawn_app_with(|s| {
-        s.server.drain_delay_ms = 300;
-        s.server.shutdown_grace_secs = 10;
+        s.server.drain_delay = Duration::from_millis(300);
+        s.server.shutdown_grace = Duration::from_secs(10);
     })
     .await;
     let w = world(&app).await;
@@ -648,8 +650,8 @@ async fn graceful_shutdown() {
 #[tokio::test]
 async fn hot_keys_are_refreshed_ahead_of_expiry() {
     let app = spawn_app_with(|s| {
-        s.cache.ttl = sidecache::config::TtlSettings::uniform(2);
-        s.cache.l1_max_ttl_secs = 2;
+        s.cache.ttl = sidecache::config::TtlSettings::uniform(Duration::from_secs(2));
+        s.cache.l1_max_ttl = Duration::from_secs(2);
         s.cache.jitter = 0.0;
         s.cache.refresh_ahead = 0.5;
     })
