@@ -9,8 +9,10 @@ use reqwest::StatusCode;
 use serde_json::json;
 use sidecache::cache::{CacheKey, FillHook};
 
-use crate::common::{eventually, postgres_addr, redis_addr, spawn_app, Relay, TestApp};
+use crate::fixtures::{eventually, postgres_addr, redis_addr};
 use crate::lookups::world;
+use crate::relay::Relay;
+use crate::spawn::{spawn_app, TestApp};
 
 const BOUND: Duration = Duration::from_secs(5);
 
@@ -533,5 +535,5 @@ async fn a_key_is_loaded_once_per_fleet_while_its_lease_is_held() {
 }
 
 async fn spawn_app_with_lease_wait() -> TestApp {
-    crate::common::spawn_app_with(|s| s.coherence.lease_wait = Duration::from_millis(5_000)).await
+    crate::spawn::spawn_app_with(|s| s.coherence.lease_wait = Duration::from_millis(5_000)).await
 }

@@ -13,11 +13,13 @@ use reqwest::StatusCode;
 use serde_json::json;
 use sidecache::config::SecretUrl;
 
-use crate::common::{database_name, eventually, postgres_addr, spawn_app_with, Relay, TestApp};
 use crate::fencing::{get_in_background, pause_first_fill};
+use crate::fixtures::{database_name, eventually, postgres_addr};
 use crate::lookups::world;
 use crate::redis_server::RedisServer;
+use crate::relay::Relay;
 use crate::resilience::report;
+use crate::spawn::{spawn_app_with, TestApp};
 
 const BOUND: Duration = Duration::from_secs(10);
 

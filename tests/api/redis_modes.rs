@@ -5,8 +5,10 @@ use std::time::Duration;
 use reqwest::StatusCode;
 use serde_json::json;
 
-use crate::common::{eventually, redis_addr, spawn_app_with, Relay};
+use crate::fixtures::{eventually, redis_addr};
 use crate::lookups::world;
+use crate::relay::Relay;
+use crate::spawn::spawn_app_with;
 
 #[tokio::test]
 async fn redis_disabled_gives_the_same_answers_from_l1_and_postgres() {

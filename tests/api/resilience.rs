@@ -16,11 +16,11 @@ use reqwest::StatusCode;
 use serde_json::{json, Value};
 use sidecache::config::{SecretUrl, Settings};
 
-use crate::common::{
-    database_name, eventually, postgres_addr, redis_addr, spawn_app_with, test_settings,
-    unpooled_client, Relay, TestApp,
-};
+use crate::client::unpooled_client;
+use crate::fixtures::{database_name, eventually, postgres_addr, redis_addr};
 use crate::lookups::world;
+use crate::relay::Relay;
+use crate::spawn::{spawn_app_with, test_settings, TestApp};
 
 /// Every fault this file tests, as named in its report and in `docs/RELIABILITY.md`.
 pub const FAULTS: &[&str] = &[
@@ -160,7 +160,7 @@ async fn breaker(app: &TestApp) -> f64 {
 #[tokio::test]
 async fn redis_cut_mid_traffic() {
     let relay = Relay::start(redis_addr()).await;
-    let app = crate::common::spawn_with_settings(via_redis_relay(&relay)).await;
+    let app = crate::spawn::spawn_with_settings(via_redis_relay(&relay)).await;
     let w = world(&app).await;
     let (o, l) = (w.org_id().to_owned(), w.lead_id().to_owned());
     let traffic = Traffic::start(&app, paths(&o, &l), 4);
@@ -230,7 +230,7 @@ async fn redis_black_holed() {
     // Every lookup goes to Redis: no L1 to hide behind.
     settings.cache.l1_enabled = false;
     settings.coherence.bus = false;
-    let app = crate::common::spawn_with_settings(settings).await;
+    let app = crate::spawn::spawn_with_settings(settings).await;
     let w = world(&app).await;
     let path = format!("/v1/leads/{}", w.lead_id());
     assert_eq!(app.get(&path).await.status, StatusCode::OK);
@@ -311,7 +311,7 @@ async fn postgres_cut() {
     let relay = Relay::start(postgres_addr()).await;
     let mut settings = via_postgres_relay(&relay);
     short_ttls(&mut settings);
-    let app = crate::common::spawn_with_settings(settings).await;
+    let app = crate::spawn::spawn_with_settings(settings).await;
     let w = world(&app).await;
     let (o, l) = (w.org_id().to_owned(), w.lead_id().to_owned());
     let cached = paths(&o, &l);
@@ -401,7 +401,7 @@ async fn postgres_cut() {
 #[tokio::test]
 async fn postgres_cut_with_sql_writes() {
     let relay = Relay::start(postgres_addr()).await;
-    let app = crate::common::spawn_with_settings(via_postgres_relay(&relay)).await;
+    let app = crate::spawn::spawn_with_settings(via_postgres_relay(&relay)).await;
     let w = world(&app).await;
     let path = format!("/v1/leads/{}", w.lead_id());
     let listener_up = |up: f64| {
@@ -458,7 +458,7 @@ async fn postgres_slow() {
     settings.cache.lookup_deadline = Duration::from_millis(5_000);
     settings.postgres.acquire_timeout = Duration::from_millis(5_000);
     settings.coherence.listener = false;
-    let app = crate::common::spawn_with_settings(settings).await;
+    let app = crate::spawn::spawn_with_settings(settings).await;
     let w = world(&app).await;
     let path = format!("/v1/leads/{}", w.lead_id());
     app.get(&path).await;
