@@ -13,6 +13,7 @@
 //!
 //! Run: `cargo bench --bench propagation` (ROUNDS=n to change the number of rounds).
 
+use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
@@ -88,7 +89,7 @@ async fn run(rounds: usize) {
     let id = uuid::Uuid::new_v4().simple().to_string();
     let db_name = format!("sidecache_bench_{}", &id[..12]);
     let mut settings = Settings::default();
-    settings.server.listen = "127.0.0.1:0".into();
+    settings.server.listen = SocketAddr::from(([127, 0, 0, 1], 0));
     settings.postgres.url = SecretUrl::new(format!("{server}/{db_name}"));
     settings.redis.url = SecretUrl::new(
         std::env::var("SIDECACHE_TEST_REDIS_URL")

@@ -7,7 +7,7 @@
 pub mod cache;
 /// Command-line interface: `serve`, `migrate`, `seed`, `check-config`.
 pub mod cli;
-/// Settings: `config.toml` < environment < flags, checked before anything binds.
+/// Settings by section, typed; `config.toml` < environment < flags, checked before anything binds.
 pub mod config;
 /// Parse-don't-validate newtypes (phone numbers, ids, channels) and the resource models.
 pub mod domain;

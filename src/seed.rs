@@ -66,7 +66,7 @@ pub async fn demo(settings: &Settings) -> anyhow::Result<()> {
     .fetch_optional(&pool)
     .await?;
     pool.close().await;
-    let base = format!("http://{}", settings.listen_addr());
+    let base = format!("http://{}", settings.server.listen);
     let enc = |p: &str| p.replace('+', "%2B");
     match example {
         Some((lead, lead_phone, org, org_phone)) => {

@@ -7,33 +7,23 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use sqlx::postgres::PgConnectOptions;
 use sqlx::{ConnectOptions, Connection};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-use crate::cache::{ChannelState, Coherence, Local, Remote, RemoteConfig, Tiered};
+use crate::cache::{ChannelState, Coherence, Remote, Tiered};
 use crate::config::Settings;
 use crate::http::{self, AppInner, AppState, Health, Phase};
-use crate::invalidation::{Bus, BusConfig, Invalidator, Listener, ListenerConfig};
+use crate::invalidation::{Bus, Invalidator, Listener};
 use crate::metrics::Metrics;
-use crate::store::{Store, StoreConfig};
+use crate::store::Store;
 
 /// The embedded migrations.
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 
-fn connect_options(settings: &Settings) -> anyhow::Result<PgConnectOptions> {
-    settings
-        .postgres
-        .url
-        .expose()
-        .parse::<PgConnectOptions>()
-        .map_err(|_| anyhow::anyhow!("postgres.url {} cannot be parsed", settings.postgres.url))
-}
-
 /// Creates the database if it does not exist, then applies the migrations.
 pub async fn prepare_database(settings: &Settings) -> anyhow::Result<()> {
-    let opts = connect_options(settings)?;
+    let opts = settings.postgres.connect_options()?;
     let name = opts.get_database().unwrap_or("postgres").to_owned();
     let mut admin = opts
         .clone()
@@ -83,35 +73,16 @@ impl Application {
         let metrics = Metrics::new();
         // Names this process in fill leases, bus messages and `application_name`.
         let instance = uuid::Uuid::new_v4().simple().to_string()[..12].to_owned();
-        let statement_timeout = Duration::from_millis(settings.postgres.statement_timeout_ms);
         let application_name = format!("sidecache/{instance}");
         let store = Store::new(
-            &StoreConfig {
-                connect: connect_options(&settings)?,
-                max_connections: settings.postgres.max_connections,
-                min_connections: settings.postgres.min_connections,
-                acquire_timeout: Duration::from_millis(settings.postgres.acquire_timeout_ms),
-                statement_timeout,
-                application_name: application_name.clone(),
-            },
+            &settings.postgres.store_config(&application_name)?,
             metrics.clone(),
         );
         let co = &settings.coherence;
         let bus_on = settings.redis.enabled && co.bus;
-        let coherence = Arc::new(Coherence::new(
-            co.listener,
-            bus_on,
-            Duration::from_secs(co.degraded_l1_ttl_secs),
-        ));
+        let coherence = Arc::new(Coherence::new(co.listener, bus_on, co.degraded_l1_ttl));
         let remote = if settings.redis.enabled {
-            let cfg = RemoteConfig {
-                url: settings.redis.url.expose().to_owned(),
-                namespace: settings.redis.namespace.clone(),
-                timeout: Duration::from_millis(settings.redis.timeout_ms),
-                connect_timeout: Duration::from_millis(settings.redis.connect_timeout_ms),
-                pool_size: settings.redis.pool_size,
-                breaker: settings.redis.breaker(),
-            };
+            let cfg = settings.redis.remote_config();
             let remote =
                 Arc::new(Remote::new(&cfg, metrics.clone()).map_err(|e| anyhow::anyhow!("{e}"))?);
             if let Err(e) = remote.connect().await {
@@ -122,21 +93,20 @@ impl Application {
             tracing::warn!("REDIS_ENABLED=false: Redis is off; lookups use the in-process cache and Postgres only");
             None
         };
-        let local = Local::new(settings.cache.l1_enabled, settings.cache.l1_max_bytes);
-        let mut tiered = Tiered::new(local, remote.clone(), settings.policies(), metrics.clone())
-            .with_coherence(coherence.clone());
-        if let (Some(_), Some(lease)) = (&remote, settings.leases()) {
+        let mut tiered = Tiered::new(
+            settings.cache.local(),
+            remote.clone(),
+            settings.cache.policies(),
+            metrics.clone(),
+        )
+        .with_coherence(coherence.clone());
+        if let (Some(_), Some(lease)) = (&remote, co.leases()) {
             tiered = tiered.with_leases(&instance, lease);
         }
-        let cache = Arc::new(tiered.with_fail_safe(settings.fail_safe()));
+        let cache = Arc::new(tiered.with_fail_safe(settings.cache.fail_safe()));
         let bus = match (&remote, bus_on) {
             (Some(remote), true) => {
-                let cfg = BusConfig {
-                    url: co.bus_url(&settings.redis).expose().to_owned(),
-                    channel: format!("{}bus", remote.prefix()),
-                    heartbeat: Duration::from_millis(co.heartbeat_ms),
-                    connect_timeout: Duration::from_millis(settings.redis.connect_timeout_ms),
-                };
+                let cfg = co.bus_config(&settings.redis, format!("{}bus", remote.prefix()));
                 let (bus, sender) = Bus::new(cfg, &instance, coherence.clone(), metrics.clone())
                     .map_err(|e| anyhow::anyhow!("coherence.bus_url: {e}"))?;
                 Some((bus, sender))
@@ -150,23 +120,8 @@ impl Application {
             &application_name,
         );
         let listener = if co.listener {
-            let url = co.listener_url(&settings.postgres);
-            let connect = url
-                .expose()
-                .parse::<PgConnectOptions>()
-                .map_err(|_| anyhow::anyhow!("coherence.listener_url {url} cannot be parsed"))?
-                .application_name(&format!("{application_name}/listener"));
             Some(Listener::new(
-                ListenerConfig {
-                    connect,
-                    connect_timeout: Duration::from_millis(settings.redis.connect_timeout_ms)
-                        .max(Duration::from_secs(1)),
-                    read_timeout: statement_timeout.max(Duration::from_secs(2)) * 2,
-                    poll: Duration::from_millis(co.poll_interval_ms),
-                    retention: Duration::from_secs(co.outbox_retention_secs),
-                    prune_every: Duration::from_secs(co.outbox_prune_interval_secs),
-                    batch: 5000,
-                },
+                co.listener_config(&settings.postgres, &settings.redis, &application_name)?,
                 invalidator.clone(),
                 store.clone(),
                 coherence.clone(),
@@ -193,19 +148,21 @@ impl Application {
             store,
             invalidator,
             metrics,
-            phones: crate::domain::PhoneParser::new(settings.region()),
+            phones: crate::domain::PhoneParser::new(settings.cache.default_region),
             health,
             redis_enabled: settings.redis.enabled,
             instance,
             listener,
             bus: bus.map(|(b, _)| b),
-            limiter: Arc::new(tokio::sync::Semaphore::new(settings.server.max_concurrency)),
+            limiter: Arc::new(tokio::sync::Semaphore::new(
+                settings.server.max_concurrency.get(),
+            )),
             admin_token: settings.admin.token.clone(),
             postgres_url: settings.postgres.url.redacted(),
             redis_url: settings.redis.url.redacted(),
             l1_max_bytes: settings.cache.l1_max_bytes,
         }));
-        let addr = settings.listen_addr();
+        let addr = settings.server.listen;
         let listener = TcpListener::bind(addr)
             .await
             .with_context(|| format!("cannot listen on {addr}"))?;
@@ -264,7 +221,7 @@ impl Application {
             port,
             redis = settings.redis.enabled,
             "sidecache listening on {}",
-            settings.listen_addr().ip()
+            settings.server.listen.ip()
         );
 
         let router = http::router(state.clone(), settings.server.body_limit_bytes);
@@ -274,8 +231,8 @@ impl Application {
         let server = axum::serve(listener, router).with_graceful_shutdown(async move {
             stopped(&mut serve_rx).await;
         });
-        let grace = Duration::from_secs(settings.server.shutdown_grace_secs);
-        let drain_delay = Duration::from_millis(settings.server.drain_delay_ms);
+        let grace = settings.server.shutdown_grace;
+        let drain_delay = settings.server.drain_delay;
         let mut server = std::pin::pin!(server.into_future());
         tokio::select! {
             res = &mut server => res?,

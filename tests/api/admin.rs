@@ -8,8 +8,9 @@ use futures_util::StreamExt;
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
 
-use crate::common::{spawn_app, spawn_app_with, Answer, TestApp};
+use crate::client::Answer;
 use crate::lookups::world;
+use crate::spawn::{spawn_app, spawn_app_with, TestApp};
 
 const TOKEN: &str = "test-admin-token-0123456789";
 

@@ -2,8 +2,8 @@
 
 use reqwest::{Method, StatusCode};
 
-use crate::common::spawn_app;
 use crate::lookups::world;
+use crate::spawn::spawn_app;
 
 /// (method, path, body, content type, expected status, expected code)
 type Case = (
@@ -79,7 +79,7 @@ async fn bad_input_gets_a_clear_json_4xx() {
         if let Some(b) = body {
             req = req.body(b);
         }
-        let a = crate::common::TestApp::answer(req.send().await.unwrap()).await;
+        let a = crate::spawn::TestApp::answer(req.send().await.unwrap()).await;
         assert_eq!(
             a.status.as_u16(),
             want,
@@ -109,9 +109,8 @@ async fn bad_input_gets_a_clear_json_4xx() {
     assert_eq!(app.get(&format!("/v1/leads/{l}")).await.version(), 1);
     let text = app.metrics_text().await;
     assert!(
-        !text
-            .lines()
-            .any(|l| l.starts_with("sidecache_http_requests_total") && l.contains("status=\"5")),
+        !crate::prom::series(&text, "sidecache_http_requests_total")
+            .any(|s| s.label("status").is_some_and(|v| v.starts_with('5'))),
         "no 5xx recorded"
     );
 }

@@ -9,8 +9,10 @@ use reqwest::StatusCode;
 use serde_json::json;
 use sidecache::cache::{CacheKey, FillHook};
 
-use crate::common::{eventually, postgres_addr, redis_addr, spawn_app, Relay, TestApp};
+use crate::fixtures::{eventually, postgres_addr, redis_addr};
 use crate::lookups::world;
+use crate::relay::Relay;
+use crate::spawn::{spawn_app, TestApp};
 
 const BOUND: Duration = Duration::from_secs(5);
 
@@ -495,7 +497,9 @@ async fn a_fill_on_one_instance_that_raced_a_write_on_another_is_rejected() {
 #[tokio::test]
 async fn a_key_is_loaded_once_per_fleet_while_its_lease_is_held() {
     let a = spawn_app_with_lease_wait().await;
-    let b = a.spawn_peer(|s| s.coherence.lease_wait_ms = 5_000).await;
+    let b = a
+        .spawn_peer(|s| s.coherence.lease_wait = Duration::from_millis(5_000))
+        .await;
     let w = world(&a).await;
     let l = w.lead_id().to_owned();
     let path = format!("/v1/leads/{l}");
@@ -531,5 +535,5 @@ async fn a_key_is_loaded_once_per_fleet_while_its_lease_is_held() {
 }
 
 async fn spawn_app_with_lease_wait() -> TestApp {
-    crate::common::spawn_app_with(|s| s.coherence.lease_wait_ms = 5_000).await
+    crate::spawn::spawn_app_with(|s| s.coherence.lease_wait = Duration::from_millis(5_000)).await
 }

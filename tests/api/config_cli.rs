@@ -156,7 +156,7 @@ fn redis_disabled_warns_at_start() {
     let cfg = temp_config("");
     let db = format!(
         "{}/sidecache_cli_{}",
-        crate::common::database_base_url(),
+        crate::fixtures::database_base_url(),
         &uuid::Uuid::new_v4().simple().to_string()[..12]
     );
     let mut child = bin()

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use rand::Rng;
 use serde_json::json;
 
-use crate::common::{spawn_app, TestApp};
+use crate::spawn::{spawn_app, TestApp};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Via {

@@ -10,8 +10,8 @@ use serde_json::json;
 use sidecache::cache::{CacheKey, FillHook};
 use tokio::sync::Notify;
 
-use crate::common::{spawn_app, spawn_app_with, TestApp};
 use crate::lookups::world;
+use crate::spawn::{spawn_app, spawn_app_with, TestApp};
 
 /// Pauses the first fill of `target` until released; other fills pass.
 pub struct Pause {

@@ -9,8 +9,8 @@ use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
 use sidecache::domain::{Channel, ConversationId, LeadId, OrgId, PhoneNumber, Region};
 
-use crate::common::spawn_app;
 use crate::lookups::world;
+use crate::spawn::spawn_app;
 
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(2000))]

@@ -3,7 +3,7 @@
 use reqwest::{Method, StatusCode};
 use serde_json::Value;
 
-use crate::common::{spawn_app, TestApp};
+use crate::spawn::{spawn_app, TestApp};
 
 /// An organization with one lead who has two conversations.
 pub struct World {

@@ -1,19 +1,23 @@
-//! Integration tests against the real local Postgres and Redis (see `common`).
+//! Integration tests against the real local Postgres and Redis (see `spawn`).
 
 #![allow(unreachable_pub)] // test modules share helpers with `pub`; nothing here is a public API
 
 mod admin;
 mod bad_input;
+mod client;
 mod coherence;
-mod common;
 mod config_cli;
 mod consistency;
 mod fencing;
+mod fixtures;
 mod fuzz;
 mod lookups;
 mod metrics;
+mod prom;
 mod redis_loss;
 mod redis_modes;
 mod redis_server;
+mod relay;
 mod resilience;
+mod spawn;
 mod writes;

@@ -3,8 +3,8 @@
 use std::io::Write;
 use std::process::{Command, Stdio};
 
-use crate::common::spawn_app;
 use crate::lookups::world;
+use crate::spawn::spawn_app;
 
 const FAMILIES: &[&str] = &[
     "sidecache_http_requests_total",
@@ -136,12 +136,8 @@ fn metric_names(text: &str) -> std::collections::BTreeSet<String> {
 async fn the_dashboard_and_the_alerts_use_only_metrics_that_exist() {
     let app = spawn_app().await;
     let exposed = app.metrics_text().await;
-    let families: std::collections::BTreeSet<String> = exposed
-        .lines()
-        .filter_map(|l| l.strip_prefix("# TYPE "))
-        .filter_map(|l| l.split_whitespace().next())
-        .map(str::to_owned)
-        .collect();
+    let families: std::collections::BTreeSet<String> =
+        crate::prom::families(&exposed).map(str::to_owned).collect();
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
     let dashboard = std::fs::read_to_string(root.join("deploy/grafana/sidecache.json")).unwrap();
     let parsed: serde_json::Value =

@@ -13,11 +13,13 @@ use reqwest::StatusCode;
 use serde_json::json;
 use sidecache::config::SecretUrl;
 
-use crate::common::{database_name, eventually, postgres_addr, spawn_app_with, Relay, TestApp};
 use crate::fencing::{get_in_background, pause_first_fill};
+use crate::fixtures::{database_name, eventually, postgres_addr};
 use crate::lookups::world;
 use crate::redis_server::RedisServer;
+use crate::relay::Relay;
 use crate::resilience::report;
+use crate::spawn::{spawn_app_with, TestApp};
 
 const BOUND: Duration = Duration::from_secs(10);
 
@@ -451,9 +453,9 @@ async fn a_listener_away_past_the_retention_resets_redis_too() {
     let app = spawn_app_with(|s| {
         s.coherence.listener_url = SecretUrl::new(relay.postgres_url(&database_name(s)));
         s.coherence.bus = false;
-        s.coherence.poll_interval_ms = 100;
-        s.coherence.outbox_retention_secs = 1;
-        s.coherence.outbox_prune_interval_secs = 1;
+        s.coherence.poll_interval = Duration::from_millis(100);
+        s.coherence.outbox_retention = Duration::from_secs(1);
+        s.coherence.outbox_prune_interval = Duration::from_secs(1);
     })
     .await;
     let w = world(&app).await;

@@ -5,8 +5,10 @@ use std::time::Duration;
 use reqwest::StatusCode;
 use serde_json::json;
 
-use crate::common::{eventually, redis_addr, spawn_app_with, Relay};
+use crate::fixtures::{eventually, redis_addr};
 use crate::lookups::world;
+use crate::relay::Relay;
+use crate::spawn::spawn_app_with;
 
 #[tokio::test]
 async fn redis_disabled_gives_the_same_answers_from_l1_and_postgres() {
@@ -55,7 +57,7 @@ async fn redis_unreachable_at_start_serves_degraded_then_picks_redis_up() {
     let url = relay.redis_url();
     let app = spawn_app_with(|s| {
         s.redis.url = sidecache::config::SecretUrl::new(url);
-        s.redis.connect_timeout_ms = 200;
+        s.redis.connect_timeout = Duration::from_millis(200);
     })
     .await;
     let ready = app.get("/readyz").await;

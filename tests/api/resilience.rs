@@ -7,6 +7,7 @@
 //! `docs/RELIABILITY.md`, whose rows `the_reliability_report_covers_every_fault` keeps in step
 //! with [`FAULTS`].
 
+use std::num::NonZeroUsize;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -15,11 +16,11 @@ use reqwest::StatusCode;
 use serde_json::{json, Value};
 use sidecache::config::{SecretUrl, Settings};
 
-use crate::common::{
-    database_name, eventually, postgres_addr, redis_addr, spawn_app_with, test_settings,
-    unpooled_client, Relay, TestApp,
-};
+use crate::client::unpooled_client;
+use crate::fixtures::{database_name, eventually, postgres_addr, redis_addr};
 use crate::lookups::world;
+use crate::relay::Relay;
+use crate::spawn::{spawn_app_with, test_settings, TestApp};
 
 /// Every fault this file tests, as named in its report and in `docs/RELIABILITY.md`.
 pub const FAULTS: &[&str] = &[
@@ -159,7 +160,7 @@ async fn breaker(app: &TestApp) -> f64 {
 #[tokio::test]
 async fn redis_cut_mid_traffic() {
     let relay = Relay::start(redis_addr()).await;
-    let app = crate::common::spawn_with_settings(via_redis_relay(&relay)).await;
+    let app = crate::spawn::spawn_with_settings(via_redis_relay(&relay)).await;
     let w = world(&app).await;
     let (o, l) = (w.org_id().to_owned(), w.lead_id().to_owned());
     let traffic = Traffic::start(&app, paths(&o, &l), 4);
@@ -225,11 +226,11 @@ async fn redis_black_holed() {
     let relay = Relay::start(redis_addr()).await;
     let timeout = Duration::from_millis(200);
     let mut settings = via_redis_relay(&relay);
-    settings.redis.timeout_ms = timeout.as_millis() as u64;
+    settings.redis.timeout = timeout;
     // Every lookup goes to Redis: no L1 to hide behind.
     settings.cache.l1_enabled = false;
     settings.coherence.bus = false;
-    let app = crate::common::spawn_with_settings(settings).await;
+    let app = crate::spawn::spawn_with_settings(settings).await;
     let w = world(&app).await;
     let path = format!("/v1/leads/{}", w.lead_id());
     assert_eq!(app.get(&path).await.status, StatusCode::OK);
@@ -311,9 +312,9 @@ async fn redis_black_holed() {
 
 /// Short lifetimes, so that cached values expire (and need a refresh) within the test.
 fn short_ttls(s: &mut Settings) {
-    s.cache.ttl = sidecache::config::TtlSettings::uniform(1);
-    s.cache.negative_ttl_secs = 1;
-    s.cache.l1_max_ttl_secs = 1;
+    s.cache.ttl = sidecache::config::TtlSettings::uniform(Duration::from_secs(1));
+    s.cache.negative_ttl = Duration::from_secs(1);
+    s.cache.l1_max_ttl = Duration::from_secs(1);
     s.cache.jitter = 0.0;
     s.cache.refresh_ahead = 0.0;
 }
@@ -323,7 +324,7 @@ async fn postgres_cut() {
     let relay = Relay::start(postgres_addr()).await;
     let mut settings = via_postgres_relay(&relay);
     short_ttls(&mut settings);
-    let app = crate::common::spawn_with_settings(settings).await;
+    let app = crate::spawn::spawn_with_settings(settings).await;
     let w = world(&app).await;
     let (o, l) = (w.org_id().to_owned(), w.lead_id().to_owned());
     let cached = paths(&o, &l);
@@ -413,7 +414,7 @@ async fn postgres_cut() {
 #[tokio::test]
 async fn postgres_cut_with_sql_writes() {
     let relay = Relay::start(postgres_addr()).await;
-    let app = crate::common::spawn_with_settings(via_postgres_relay(&relay)).await;
+    let app = crate::spawn::spawn_with_settings(via_postgres_relay(&relay)).await;
     let w = world(&app).await;
     let path = format!("/v1/leads/{}", w.lead_id());
     let listener_up = |up: f64| {
@@ -466,11 +467,11 @@ async fn postgres_slow() {
     let relay = Relay::start(postgres_addr()).await;
     let mut settings = via_postgres_relay(&relay);
     short_ttls(&mut settings);
-    settings.cache.soft_timeout_ms = 50;
-    settings.cache.lookup_deadline_ms = 5_000;
-    settings.postgres.acquire_timeout_ms = 5_000;
+    settings.cache.soft_timeout = Duration::from_millis(50);
+    settings.cache.lookup_deadline = Duration::from_millis(5_000);
+    settings.postgres.acquire_timeout = Duration::from_millis(5_000);
     settings.coherence.listener = false;
-    let app = crate::common::spawn_with_settings(settings).await;
+    let app = crate::spawn::spawn_with_settings(settings).await;
     let w = world(&app).await;
     let path = format!("/v1/leads/{}", w.lead_id());
     app.get(&path).await;
@@ -508,7 +509,7 @@ async fn postgres_slow() {
 
 #[tokio::test]
 async fn stampede_on_a_cold_key() {
-    let app = spawn_app_with(|s| s.server.max_concurrency = 4096).await;
+    let app = spawn_app_with(|s| s.server.max_concurrency = NonZeroUsize::new(4096).unwrap()).await;
     let w = world(&app).await;
     let l = w.lead_id().to_owned();
     app.delay_fills_of(format!("lead:id:{l}"), Duration::from_millis(500));
@@ -556,7 +557,8 @@ async fn stampede_on_a_cold_key() {
 #[tokio::test]
 async fn overload() {
     let limit = 4;
-    let app = spawn_app_with(|s| s.server.max_concurrency = limit).await;
+    let app =
+        spawn_app_with(|s| s.server.max_concurrency = NonZeroUsize::new(limit).unwrap()).await;
     let w = world(&app).await;
     let l = w.lead_id().to_owned();
     app.delay_fills_of(format!("lead:id:{l}"), Duration::from_millis(800));
@@ -616,8 +618,8 @@ async fn overload() {
 #[tokio::test]
 async fn graceful_shutdown() {
     let mut app = spawn_app_with(|s| {
-        s.server.drain_delay_ms = 300;
-        s.server.shutdown_grace_secs = 10;
+        s.server.drain_delay = Duration::from_millis(300);
+        s.server.shutdown_grace = Duration::from_secs(10);
     })
     .await;
     let w = world(&app).await;
@@ -661,8 +663,8 @@ async fn graceful_shutdown() {
 #[tokio::test]
 async fn hot_keys_are_refreshed_ahead_of_expiry() {
     let app = spawn_app_with(|s| {
-        s.cache.ttl = sidecache::config::TtlSettings::uniform(2);
-        s.cache.l1_max_ttl_secs = 2;
+        s.cache.ttl = sidecache::config::TtlSettings::uniform(Duration::from_secs(2));
+        s.cache.l1_max_ttl = Duration::from_secs(2);
         s.cache.jitter = 0.0;
         s.cache.refresh_ahead = 0.5;
     })

@@ -3,8 +3,8 @@
 use reqwest::{Method, StatusCode};
 use serde_json::json;
 
-use crate::common::{spawn_app, TestApp};
 use crate::lookups::{world, World};
+use crate::spawn::{spawn_app, TestApp};
 
 const CHANNELS: [&str; 5] = ["voice", "sms", "email", "chat", "whatsapp"];
 

@@ -1,0 +1,208 @@
+//! The data set: 100 organizations, 100,000 leads and 500,000 conversations seeded into a fresh
+//! database by `sidecache seed`, the leads in random order, and the wrk scripts that walk them
+//! (one key, spread over every lead, and the mixed Zipf workload).
+
+use std::io::Write as _;
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+
+use sqlx::PgPool;
+
+use crate::tools::bench_dir;
+use crate::wrk::write_script;
+
+pub(crate) struct Lead {
+    pub(crate) id: String,
+    pub(crate) phone: String,
+    pub(crate) org: String,
+    pub(crate) org_phone: String,
+}
+
+pub(crate) fn enc(phone: &str) -> String {
+    phone.replace('+', "%2B")
+}
+
+/// The seeded database and what the scenarios drive against it.
+pub(crate) struct Dataset {
+    pub(crate) db: PgPool,
+    /// Every lead, in random order; the first is the "one key" of the single-key scenarios.
+    pub(crate) leads: Vec<Lead>,
+    /// The lead-by-phone path of the first lead.
+    pub(crate) one_path: String,
+    /// One lead-by-phone path per line, for every lead.
+    pub(crate) spread_file: PathBuf,
+    /// wrk scripts: the URL as given, a random lead of `spread_file`, the mixed workload.
+    pub(crate) plain: PathBuf,
+    pub(crate) spread: PathBuf,
+    pub(crate) mixed: PathBuf,
+}
+
+impl Dataset {
+    /// The lead of the single-key scenarios.
+    pub(crate) fn one(&self) -> &Lead {
+        &self.leads[0]
+    }
+}
+
+/// Seeds the database at `db_url` (which must not exist yet) and writes the key files and scripts.
+pub(crate) async fn prepare(db_url: &str) -> Dataset {
+    print!("seeding 100 organizations, 100,000 leads, 500,000 conversations... ");
+    std::io::stdout().flush().ok();
+    let seeded = Command::new(env!("CARGO_BIN_EXE_sidecache"))
+        .args([
+            "seed",
+            "--orgs",
+            "100",
+            "--leads",
+            "100000",
+            "--conversations",
+            "5",
+        ])
+        .env("DATABASE_URL", db_url)
+        .env("SIDECACHE__LOG__LEVEL", "warn")
+        .current_dir(std::env::temp_dir())
+        .stderr(Stdio::null())
+        .output()
+        .expect("seed runs");
+    assert!(seeded.status.success(), "seeding failed");
+    println!("{}", String::from_utf8_lossy(&seeded.stdout).trim());
+
+    let db = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(2)
+        .connect(db_url)
+        .await
+        .unwrap();
+    // Steady state: autovacuum would otherwise set about the fresh 1.2 M rows mid-measurement.
+    sqlx::query("VACUUM (ANALYZE) organizations, leads, conversations, sidecache_outbox")
+        .execute(&db)
+        .await
+        .unwrap();
+    let rows: Vec<(uuid::Uuid, String, uuid::Uuid, String)> = sqlx::query_as(
+        "SELECT l.id, l.phone_number, o.id, o.phone_number FROM leads l \
+           JOIN organizations o ON o.id = l.organization_id ORDER BY random()",
+    )
+    .fetch_all(&db)
+    .await
+    .unwrap();
+    let leads: Vec<Lead> = rows
+        .into_iter()
+        .map(|(id, phone, org, org_phone)| Lead {
+            id: id.to_string(),
+            phone,
+            org: org.to_string(),
+            org_phone,
+        })
+        .collect();
+    let one = &leads[0];
+    let one_path = format!(
+        "/v1/leads/by-phone/{}?organization_id={}",
+        enc(&one.phone),
+        one.org
+    );
+
+    // Key files for the Lua scripts: one request path per line.
+    let spread_file = bench_dir().join("spread.txt");
+    std::fs::write(
+        &spread_file,
+        leads
+            .iter()
+            .map(|l| {
+                format!(
+                    "/v1/leads/by-phone/{}?organization_id={}\n",
+                    enc(&l.phone),
+                    l.org
+                )
+            })
+            .collect::<String>(),
+    )
+    .unwrap();
+    let mixed_file = bench_dir().join("mixed.txt");
+    std::fs::write(
+        &mixed_file,
+        leads
+            .iter()
+            .map(|l| {
+                format!(
+                    "{} {} {} {}\n",
+                    l.id,
+                    enc(&l.phone),
+                    l.org,
+                    enc(&l.org_phone)
+                )
+            })
+            .collect::<String>(),
+    )
+    .unwrap();
+    let plain = write_script("plain", "");
+    let spread = write_script(
+        "spread",
+        &format!(
+            r#"
+local paths = {{}}
+for line in io.lines("{}") do paths[#paths + 1] = line end
+local n = #paths
+local counter = 0
+function setup(thread) counter = counter + 1; thread:set("seed", counter) end
+function init(args) math.randomseed(os.time() + (seed or 0)) end
+request = function() return wrk.format("GET", paths[math.random(n)]) end
+"#,
+            spread_file.display()
+        ),
+    );
+    let mixed = write_script(
+        "mixed",
+        &format!(
+            r#"
+-- Zipf (s = 1) over the leads in file order; kinds weighted as a voice platform asks for them.
+local leads = {{}}
+for line in io.lines("{}") do
+  local id, phone, org, org_phone = line:match("(%S+) (%S+) (%S+) (%S+)")
+  leads[#leads + 1] = {{id = id, phone = phone, org = org, org_phone = org_phone}}
+end
+local n = #leads
+local cdf, total = {{}}, 0
+for k = 1, n do total = total + 1 / k; cdf[k] = total end
+for k = 1, n do cdf[k] = cdf[k] / total end
+local function zipf()
+  local u, lo, hi = math.random(), 1, n
+  while lo < hi do
+    local mid = math.floor((lo + hi) / 2)
+    if cdf[mid] < u then lo = mid + 1 else hi = mid end
+  end
+  return leads[lo]
+end
+local channels = {{"voice", "sms", "email", "chat", "whatsapp"}}
+local counter = 0
+function setup(thread) counter = counter + 1; thread:set("seed", counter) end
+function init(args) math.randomseed(os.time() * 7 + (seed or 0)) end
+local writes = 0
+request = function()
+  local l, r = zipf(), math.random(100)
+  if r <= 2 then
+    writes = writes + 1
+    return wrk.format("PATCH", "/v1/leads/" .. l.id, {{["Content-Type"] = "application/json"}},
+      '{{"first_name": "W' .. writes .. '"}}')
+  elseif r <= 27 then return wrk.format("GET", "/v1/leads/by-phone/" .. l.phone .. "?organization_id=" .. l.org)
+  elseif r <= 37 then return wrk.format("GET", "/v1/leads/" .. l.id)
+  elseif r <= 47 then return wrk.format("GET", "/v1/organizations/by-phone/" .. l.org_phone)
+  elseif r <= 52 then return wrk.format("GET", "/v1/organizations/" .. l.org)
+  elseif r <= 72 then return wrk.format("GET", "/v1/leads/" .. l.id .. "/context")
+  elseif r <= 77 then return wrk.format("GET", "/v1/leads/" .. l.id .. "/summary")
+  elseif r <= 92 then return wrk.format("GET", "/v1/leads/" .. l.id .. "/greeting?channel=" .. channels[math.random(5)])
+  else return wrk.format("GET", "/v1/leads/" .. l.id .. "/history?limit=" .. math.random(1, 3) * 5 .. "&offset=0")
+  end
+end
+"#,
+            mixed_file.display()
+        ),
+    );
+    Dataset {
+        db,
+        leads,
+        one_path,
+        spread_file,
+        plain,
+        spread,
+        mixed,
+    }
+}

@@ -1,0 +1,118 @@
+//! `[redis]`: the second cache tier — where it is, its budgets and its circuit breaker.
+
+use std::num::{NonZeroU32, NonZeroUsize};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use super::{typed, Invalid, SecretUrl};
+use crate::cache::{BreakerConfig, RemoteConfig};
+
+const DEFAULT_POOL_SIZE: NonZeroUsize = NonZeroUsize::new(4).unwrap();
+const DEFAULT_BREAKER_FAILURES: NonZeroU32 = NonZeroU32::new(5).unwrap();
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RedisSettings {
+    #[serde(deserialize_with = "typed::flexible_bool")]
+    pub enabled: bool,
+    pub url: SecretUrl,
+    /// Prefix of every key (`{namespace}:v1:`).
+    pub namespace: String,
+    /// Budget of one operation on the request path (`timeout_ms`).
+    #[serde(rename = "timeout_ms", with = "typed::nonzero_millis")]
+    pub timeout: Duration,
+    /// Budget for (re)connecting and for probes (`connect_timeout_ms`).
+    #[serde(rename = "connect_timeout_ms", with = "typed::nonzero_millis")]
+    pub connect_timeout: Duration,
+    pub pool_size: NonZeroUsize,
+    /// Open the breaker after this many failures in a row.
+    pub breaker_failures: NonZeroU32,
+    /// ...or when at least `breaker_min_requests` in a window failed at this rate.
+    pub breaker_failure_rate: f64,
+    pub breaker_min_requests: u32,
+    /// `breaker_window_secs`.
+    #[serde(rename = "breaker_window_secs", with = "typed::nonzero_secs")]
+    pub breaker_window: Duration,
+    /// How long the breaker stays open before one probe (`breaker_open_ms`).
+    #[serde(rename = "breaker_open_ms", with = "typed::nonzero_millis")]
+    pub breaker_open: Duration,
+}
+
+impl Default for RedisSettings {
+    fn default() -> Self {
+        RedisSettings {
+            enabled: true,
+            url: SecretUrl::new("redis://127.0.0.1:6379"),
+            namespace: "sidecache".into(),
+            timeout: Duration::from_millis(25),
+            connect_timeout: Duration::from_millis(500),
+            pool_size: DEFAULT_POOL_SIZE,
+            breaker_failures: DEFAULT_BREAKER_FAILURES,
+            breaker_failure_rate: 0.5,
+            breaker_min_requests: 20,
+            breaker_window: Duration::from_secs(10),
+            breaker_open: Duration::from_millis(1000),
+        }
+    }
+}
+
+impl RedisSettings {
+    pub(super) fn validate(&self) -> Result<(), Invalid> {
+        let url = self.url.expose();
+        if !(url.starts_with("redis://")
+            || url.starts_with("rediss://")
+            || url.starts_with("redis+unix://")
+            || url.starts_with("unix://"))
+        {
+            return Err(Invalid::new(
+                "redis.url",
+                format!("{} is not a redis:// or rediss:// URL", self.url),
+            ));
+        }
+        ::redis::Client::open(url)
+            .map_err(|_| Invalid::new("redis.url", format!("{} cannot be parsed", self.url)))?;
+        let ns = &self.namespace;
+        if ns.is_empty()
+            || ns.len() > 64
+            || !ns
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+        {
+            return Err(Invalid::new(
+                "redis.namespace",
+                "must be 1-64 characters of [A-Za-z0-9-_.]",
+            ));
+        }
+        if !(self.breaker_failure_rate > 0.0 && self.breaker_failure_rate <= 1.0) {
+            return Err(Invalid::new(
+                "redis.breaker_failure_rate",
+                "must be above 0 and at most 1",
+            ));
+        }
+        Ok(())
+    }
+
+    /// The circuit breaker's settings.
+    pub fn breaker(&self) -> BreakerConfig {
+        BreakerConfig {
+            consecutive_failures: self.breaker_failures.get(),
+            failure_rate: self.breaker_failure_rate,
+            min_requests: self.breaker_min_requests,
+            window: self.breaker_window,
+            open_for: self.breaker_open,
+        }
+    }
+
+    /// The Redis tier's settings.
+    pub fn remote_config(&self) -> RemoteConfig {
+        RemoteConfig {
+            url: self.url.expose().to_owned(),
+            namespace: self.namespace.clone(),
+            timeout: self.timeout,
+            connect_timeout: self.connect_timeout,
+            pool_size: self.pool_size.get(),
+            breaker: self.breaker(),
+        }
+    }
+}
