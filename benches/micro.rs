@@ -7,7 +7,7 @@ use std::time::Duration;
 use axum::http::HeaderMap;
 use bytes::Bytes;
 use criterion::{criterion_group, criterion_main, Criterion};
-use sidecache::cache::{CacheKey, CacheStatus, Entry, Loaded, Local, Lookup};
+use sidecache::cache::{CacheKey, CacheStatus, Entry, Ids, Loaded, Local, Lookup};
 use sidecache::domain::{LeadId, OrgId, PhoneNumber, PhoneParser, Region};
 use sidecache::http::respond;
 
@@ -27,10 +27,16 @@ fn bench(c: &mut Criterion) {
     });
 
     let body = Bytes::from(vec![b'x'; 600]);
+    // A lead's entry carries its organization and its own id.
+    let ids = Ids {
+        org: Some(OrgId::new_random()),
+        lead: Some(LeadId::new_random()),
+    };
     let entry = Entry::from_loaded(
         Loaded::Found {
             body,
             etag: "\"3\"".into(),
+            ids,
         },
         Duration::from_secs(60),
     );
@@ -45,6 +51,7 @@ fn bench(c: &mut Criterion) {
                 Loaded::Found {
                     body: Bytes::from_static(&[b'x'; 600]),
                     etag: "\"3\"".into(),
+                    ids,
                 },
                 Duration::from_secs(60),
             )

@@ -9,12 +9,14 @@ use std::time::Duration;
 use anyhow::Context as _;
 use sqlx::{ConnectOptions, Connection};
 use tokio::net::TcpListener;
-use tokio::sync::watch;
 
+use crate::answers::Answers;
 use crate::cache::{ChannelState, Coherence, Remote, Tiered};
 use crate::config::Settings;
-use crate::http::{self, AppInner, AppState, Health, Phase};
+use crate::http::{self, AppInner, AppState};
 use crate::invalidation::{Bus, Invalidator, Listener};
+use crate::labels::Component;
+use crate::lifecycle::{self, Health, Phase, Shutdown};
 use crate::metrics::Metrics;
 use crate::store::Store;
 
@@ -106,7 +108,7 @@ impl Application {
         let cache = Arc::new(tiered.with_fail_safe(settings.cache.fail_safe()));
         let bus = match (&remote, bus_on) {
             (Some(remote), true) => {
-                let cfg = co.bus_config(&settings.redis, format!("{}bus", remote.prefix()));
+                let cfg = co.bus_config(&settings.redis, remote.keys().bus_channel());
                 let (bus, sender) = Bus::new(cfg, &instance, coherence.clone(), metrics.clone())
                     .map_err(|e| anyhow::anyhow!("coherence.bus_url: {e}"))?;
                 Some((bus, sender))
@@ -131,19 +133,17 @@ impl Application {
             None
         };
         for (component, on) in [
-            ("l1", settings.cache.l1_enabled),
-            ("redis", settings.redis.enabled),
-            ("listener", co.listener),
-            ("bus", bus_on),
-            ("admin", settings.admin.token.is_set()),
+            (Component::L1, settings.cache.l1_enabled),
+            (Component::Redis, settings.redis.enabled),
+            (Component::Listener, co.listener),
+            (Component::Bus, bus_on),
+            (Component::Admin, settings.admin.token.is_set()),
         ] {
-            metrics
-                .component_enabled
-                .with_label_values(&[component])
-                .set(i64::from(on));
+            metrics.component(component, on);
         }
         let health = Arc::new(Health::default());
         let state = AppState(Arc::new(AppInner {
+            answers: Answers::new(cache.clone(), store.clone()),
             cache,
             store,
             invalidator,
@@ -187,7 +187,7 @@ impl Application {
 
     /// Serves until SIGTERM or Ctrl-C.
     pub async fn run_until_stopped(self) -> anyhow::Result<()> {
-        self.run_until(shutdown_signal()).await
+        self.run_until(lifecycle::signal()).await
     }
 
     /// Serves until `stop` completes, then drains in-flight requests (within the grace period)
@@ -202,8 +202,8 @@ impl Application {
             state,
             settings,
         } = self;
-        let (stop_tx, stop_rx) = watch::channel(false);
-        let tasks = spawn_background(&state, stop_rx.clone());
+        let (stop_tasks, shutdown) = Shutdown::new();
+        let tasks = spawn_background(&state, shutdown);
         // One probe before declaring readiness, so /readyz tells the truth from the first answer.
         probe_postgres(&state).await;
         // Give the change listener a moment to take its place in the outbox: changes committed
@@ -227,9 +227,9 @@ impl Application {
         let router = http::router(state.clone(), settings.server.body_limit_bytes);
         // Two signals: the server stops accepting first; background tasks stop after the
         // in-flight requests are done (a finishing write still publishes to its peers).
-        let (serve_tx, mut serve_rx) = watch::channel(false);
+        let (stop_serving, mut serving) = Shutdown::new();
         let server = axum::serve(listener, router).with_graceful_shutdown(async move {
-            stopped(&mut serve_rx).await;
+            serving.recv().await;
         });
         let grace = settings.server.shutdown_grace;
         let drain_delay = settings.server.drain_delay;
@@ -252,14 +252,14 @@ impl Application {
                     res?;
                 } else {
                     tracing::info!("no longer accepting connections; finishing in-flight requests");
-                    let _ = serve_tx.send(true);
+                    stop_serving.stop();
                     if tokio::time::timeout(grace, &mut server).await.is_err() {
                         tracing::warn!(grace_secs = grace.as_secs(), "in-flight requests did not finish within the grace period");
                     }
                 }
             }
         }
-        let _ = stop_tx.send(true);
+        stop_tasks.stop();
         for t in tasks {
             let _ = tokio::time::timeout(Duration::from_secs(2), t).await;
         }
@@ -285,36 +285,33 @@ async fn probe_postgres(state: &AppState) {
 }
 
 /// Probes Postgres and Redis, (re)connects Redis and delivers owed invalidations.
-fn spawn_background(
-    state: &AppState,
-    stop: watch::Receiver<bool>,
-) -> Vec<tokio::task::JoinHandle<()>> {
+fn spawn_background(state: &AppState, shutdown: Shutdown) -> Vec<tokio::task::JoinHandle<()>> {
     let mut tasks = Vec::new();
     {
         let state = state.clone();
-        let mut stop = stop.clone();
+        let mut shutdown = shutdown.clone();
         tasks.push(tokio::spawn(async move {
             let mut tick = tokio::time::interval(Duration::from_secs(2));
             loop {
                 tokio::select! {
                     _ = tick.tick() => probe_postgres(&state).await,
-                    _ = stopped(&mut stop) => break,
+                    _ = shutdown.recv() => break,
                 }
             }
         }));
     }
     if let Some(listener) = &state.listener {
         let l = listener.clone();
-        tasks.push(tokio::spawn(l.run(stop.clone())));
+        tasks.push(tokio::spawn(l.run(shutdown.clone())));
         let l = listener.clone();
-        tasks.push(tokio::spawn(l.housekeeping(stop.clone())));
+        tasks.push(tokio::spawn(l.housekeeping(shutdown.clone())));
     }
     if let Some(bus) = &state.bus {
-        tasks.extend(bus.spawn(state.invalidator.clone(), stop.clone()));
+        tasks.extend(bus.spawn(state.invalidator.clone(), shutdown.clone()));
     }
     if let Some(remote) = state.cache.remote().cloned() {
         let cache = state.cache.clone();
-        let mut stop = stop.clone();
+        let mut shutdown = shutdown.clone();
         tasks.push(tokio::spawn(async move {
             let mut tick = tokio::time::interval(Duration::from_millis(500));
             loop {
@@ -323,7 +320,7 @@ fn spawn_background(
                 tokio::select! {
                     _ = tick.tick() => {}
                     _ = remote.check_wanted() => {}
-                    _ = stopped(&mut stop) => break,
+                    _ = shutdown.recv() => break,
                 }
                 if cache.probe_redis().await {
                     remote.retry_pending().await;
@@ -332,31 +329,4 @@ fn spawn_background(
         }));
     }
     tasks
-}
-
-/// Completes once the stop flag is set (or its sender is gone).
-pub(crate) async fn stopped(stop: &mut watch::Receiver<bool>) {
-    let _ = stop.wait_for(|s| *s).await;
-}
-
-/// Completes on Ctrl-C or SIGTERM.
-pub async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
-    #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        _ = ctrl_c => {},
-        _ = term => {},
-    }
 }

@@ -5,36 +5,21 @@
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::time::Duration;
 
-/// The state of one invalidation channel.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ChannelState {
-    Disabled,
-    Down,
-    Up,
+pub use crate::labels::ChannelState;
+
+fn from_u8(v: u8) -> ChannelState {
+    match v {
+        0 => ChannelState::Disabled,
+        1 => ChannelState::Down,
+        _ => ChannelState::Up,
+    }
 }
 
-impl ChannelState {
-    fn from_u8(v: u8) -> Self {
-        match v {
-            0 => ChannelState::Disabled,
-            1 => ChannelState::Down,
-            _ => ChannelState::Up,
-        }
-    }
-    fn as_u8(self) -> u8 {
-        match self {
-            ChannelState::Disabled => 0,
-            ChannelState::Down => 1,
-            ChannelState::Up => 2,
-        }
-    }
-    /// `disabled`, `down` or `up`, for `/readyz`.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ChannelState::Disabled => "disabled",
-            ChannelState::Down => "down",
-            ChannelState::Up => "up",
-        }
+fn as_u8(s: ChannelState) -> u8 {
+    match s {
+        ChannelState::Disabled => 0,
+        ChannelState::Down => 1,
+        ChannelState::Up => 2,
     }
 }
 
@@ -51,9 +36,9 @@ impl Coherence {
     pub fn new(listener: bool, bus: bool, degraded_l1_ttl: Duration) -> Self {
         let start = |on: bool| {
             if on {
-                ChannelState::Down.as_u8()
+                as_u8(ChannelState::Down)
             } else {
-                ChannelState::Disabled.as_u8()
+                as_u8(ChannelState::Disabled)
             }
         };
         Coherence {
@@ -69,10 +54,10 @@ impl Coherence {
     }
 
     pub fn listener(&self) -> ChannelState {
-        ChannelState::from_u8(self.listener.load(Ordering::Relaxed))
+        from_u8(self.listener.load(Ordering::Relaxed))
     }
     pub fn bus(&self) -> ChannelState {
-        ChannelState::from_u8(self.bus.load(Ordering::Relaxed))
+        from_u8(self.bus.load(Ordering::Relaxed))
     }
 
     /// Records the listener's state; a disabled channel stays disabled.
@@ -84,14 +69,13 @@ impl Coherence {
     }
 
     fn set(slot: &AtomicU8, up: bool) {
-        let to = if up {
+        let to = as_u8(if up {
             ChannelState::Up
         } else {
             ChannelState::Down
-        }
-        .as_u8();
+        });
         let _ = slot.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |v| {
-            (v != ChannelState::Disabled.as_u8()).then_some(to)
+            (v != as_u8(ChannelState::Disabled)).then_some(to)
         });
     }
 

@@ -5,13 +5,24 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::{BufMut, Bytes, BytesMut};
 
+use crate::domain::{LeadId, OrgId};
+
 /// What a loader found in Postgres.
 #[derive(Debug, Clone)]
 pub enum Loaded {
-    /// The encoded JSON answer and its validator (already quoted, e.g. `"7"`).
-    Found { body: Bytes, etag: String },
+    /// The encoded JSON answer, its validator (already quoted, e.g. `"7"`), and the ids a
+    /// composite answer needs of it.
+    Found { body: Bytes, etag: String, ids: Ids },
     /// Nothing there: cached as a negative entry.
     NotFound,
+}
+
+/// The organization and lead a cached value is about, kept beside its bytes so that a composite
+/// answer (a context's tag, the call initiation) never parses cached JSON to find them.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Ids {
+    pub org: Option<OrgId>,
+    pub lead: Option<LeadId>,
 }
 
 /// A cached answer. Its bytes are the Redis form (header, etag, body) in one buffer, built once
@@ -29,28 +40,48 @@ pub struct Entry {
     pub loaded_at_ms: u64,
     /// When the value stops being fresh (Unix ms).
     pub expires_at_ms: u64,
+    /// The organization and lead it is about (none for a negative entry).
+    pub ids: Ids,
     /// The whole Redis form that `body` and `etag` point into.
     raw: Bytes,
 }
 
-const MAGIC: &[u8; 3] = b"SC1";
-const HEADER: usize = 3 + 1 + 8 + 8 + 1;
+/// Format 2 added the ids; a value of another format reads as a miss.
+const MAGIC: &[u8; 3] = b"SC2";
+/// Magic, flags, loaded-at, expires-at, organization id, lead id, etag length.
+const HEADER: usize = 3 + 1 + 8 + 8 + 16 + 16 + 1;
+/// Flag bits: a negative entry, and which ids are present.
+const NEGATIVE: u8 = 1;
+const HAS_ORG: u8 = 2;
+const HAS_LEAD: u8 = 4;
 
 impl Entry {
     /// Builds an entry for a value just loaded, fresh for `ttl`.
     pub fn from_loaded(loaded: Loaded, ttl: Duration) -> Self {
         let now = now_ms();
         let expires_at_ms = now.saturating_add(ttl.as_millis() as u64);
-        let (negative, etag, body) = match &loaded {
-            Loaded::Found { body, etag } => (false, etag.as_bytes(), &body[..]),
-            Loaded::NotFound => (true, &b""[..], &b""[..]),
+        let (etag, body, ids) = match &loaded {
+            Loaded::Found { body, etag, ids } => (etag.as_bytes(), &body[..], *ids),
+            Loaded::NotFound => (&b""[..], &b""[..], Ids::default()),
         };
+        let mut flags = 0;
+        if matches!(loaded, Loaded::NotFound) {
+            flags |= NEGATIVE;
+        }
+        if ids.org.is_some() {
+            flags |= HAS_ORG;
+        }
+        if ids.lead.is_some() {
+            flags |= HAS_LEAD;
+        }
         let etag = &etag[..etag.len().min(255)];
         let mut buf = BytesMut::with_capacity(HEADER + etag.len() + body.len());
         buf.put_slice(MAGIC);
-        buf.put_u8(u8::from(negative));
+        buf.put_u8(flags);
         buf.put_u64(now);
         buf.put_u64(expires_at_ms);
+        buf.put_slice(&ids.org.map_or([0u8; 16], |o| o.0.into_bytes()));
+        buf.put_slice(&ids.lead.map_or([0u8; 16], |l| l.0.into_bytes()));
         buf.put_u8(etag.len() as u8);
         buf.put_slice(etag);
         buf.put_slice(body);
@@ -80,7 +111,8 @@ impl Entry {
         now_ms.saturating_sub(self.loaded_at_ms) / 1000
     }
 
-    /// The Redis form: `SC1`, flags, loaded-at, expires-at, etag length, etag, body.
+    /// The Redis form: `SC2`, flags, loaded-at, expires-at, organization and lead ids, etag
+    /// length, etag, body.
     pub fn encode(&self) -> Bytes {
         self.raw.clone()
     }
@@ -91,14 +123,22 @@ impl Entry {
         if raw.len() < HEADER || &raw[..3] != MAGIC {
             return None;
         }
-        let negative = match raw[3] {
-            0 => false,
-            1 => true,
-            _ => return None,
-        };
+        let flags = raw[3];
+        if flags & !(NEGATIVE | HAS_ORG | HAS_LEAD) != 0 {
+            return None;
+        }
         let loaded_at_ms = u64::from_be_bytes(raw[4..12].try_into().ok()?);
         let expires_at_ms = u64::from_be_bytes(raw[12..20].try_into().ok()?);
-        let etag_len = usize::from(raw[20]);
+        let uuid = |at: usize| uuid::Uuid::from_slice(&raw[at..at + 16]).ok();
+        let ids = Ids {
+            org: (flags & HAS_ORG != 0)
+                .then(|| uuid(20).map(OrgId))
+                .flatten(),
+            lead: (flags & HAS_LEAD != 0)
+                .then(|| uuid(36).map(LeadId))
+                .flatten(),
+        };
+        let etag_len = usize::from(raw[HEADER - 1]);
         if raw.len() < HEADER + etag_len {
             return None;
         }
@@ -107,7 +147,8 @@ impl Entry {
         Some(Entry {
             body,
             etag,
-            negative,
+            negative: flags & NEGATIVE != 0,
+            ids,
             loaded_at_ms,
             expires_at_ms,
             raw,
@@ -138,6 +179,7 @@ mod tests {
             Loaded::Found {
                 body: Bytes::from_static(br#"{"a":1}"#),
                 etag: "\"3\"".into(),
+                ids: Ids::default(),
             },
             Duration::from_secs(10),
         );
@@ -149,11 +191,40 @@ mod tests {
     }
 
     #[test]
+    fn ids_travel_with_the_bytes() {
+        let ids = Ids {
+            org: Some(OrgId::new_random()),
+            lead: Some(LeadId::new_random()),
+        };
+        let e = Entry::from_loaded(
+            Loaded::Found {
+                body: Bytes::from_static(b"{}"),
+                etag: "\"1\"".into(),
+                ids,
+            },
+            Duration::from_secs(10),
+        );
+        let back = Entry::decode(e.encode()).unwrap();
+        assert_eq!(back.ids, ids);
+        let only_org = Ids { lead: None, ..ids };
+        let e = Entry::from_loaded(
+            Loaded::Found {
+                body: Bytes::from_static(b"{}"),
+                etag: "\"1\"".into(),
+                ids: only_org,
+            },
+            Duration::from_secs(10),
+        );
+        assert_eq!(Entry::decode(e.encode()).unwrap().ids, only_org);
+    }
+
+    #[test]
     fn one_buffer_backs_body_etag_and_the_redis_form() {
         let e = Entry::from_loaded(
             Loaded::Found {
                 body: Bytes::from_static(br#"{"a":1}"#),
                 etag: "\"3\"".into(),
+                ids: Ids::default(),
             },
             Duration::from_secs(10),
         );
@@ -172,13 +243,14 @@ mod tests {
             Loaded::Found {
                 body: Bytes::from_static(b"{}"),
                 etag: "\"1\"".into(),
+                ids: Ids::default(),
             },
             Duration::from_secs(10),
         );
         let enc = e.encode();
         assert!(Entry::decode(enc.slice(..HEADER + 1)).is_none());
         let mut bad = enc.to_vec();
-        bad[3] = 7;
+        bad[3] = 8; // an unknown flag bit
         assert!(Entry::decode(Bytes::from(bad)).is_none());
     }
 

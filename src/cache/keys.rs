@@ -7,47 +7,10 @@ use std::fmt;
 use std::time::Duration;
 
 use crate::domain::{Channel, LeadId, OrgId, PhoneNumber};
+pub use crate::labels::Kind;
 
-/// The kinds of cached data; each has its own TTLs (DESIGN §3).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Kind {
-    LeadByPhone,
-    LeadById,
-    OrgByPhone,
-    OrgById,
-    Context,
-    Summary,
-    Greeting,
-    History,
-}
-
+/// What the cache needs of a kind beyond its label: its key shape and its L1 generation slot.
 impl Kind {
-    /// Every kind, in a stable order (used to index per-kind tables).
-    pub const ALL: [Kind; 8] = [
-        Kind::LeadByPhone,
-        Kind::LeadById,
-        Kind::OrgByPhone,
-        Kind::OrgById,
-        Kind::Context,
-        Kind::Summary,
-        Kind::Greeting,
-        Kind::History,
-    ];
-
-    /// The stable label used in metrics and config.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Kind::LeadByPhone => "lead_phone",
-            Kind::LeadById => "lead_id",
-            Kind::OrgByPhone => "org_phone",
-            Kind::OrgById => "org_id",
-            Kind::Context => "context",
-            Kind::Summary => "summary",
-            Kind::Greeting => "greeting",
-            Kind::History => "history",
-        }
-    }
-
     /// The start of every key of this kind (after the namespace prefix).
     pub fn key_prefix(self) -> &'static str {
         match self {
@@ -70,11 +33,6 @@ impl Kind {
     /// Hash of the kind's L1 generation slot (a space of its own, like tags').
     pub fn hash64(self) -> u64 {
         fnv1a_from(fnv1a(b"kind:"), self.as_str().as_bytes())
-    }
-
-    /// Position in [`Kind::ALL`].
-    pub fn index(self) -> usize {
-        self as usize
     }
 }
 

@@ -264,6 +264,7 @@ mod tests {
             Loaded::Found {
                 body: Bytes::from_static(body.as_bytes()),
                 etag: "\"1\"".into(),
+                ids: Default::default(),
             },
             Duration::from_secs(60),
         ))

@@ -10,6 +10,7 @@ use super::postgres::check_url;
 use super::{typed, ConfigError, Invalid, PostgresSettings, RedisSettings, SecretUrl};
 use crate::cache::LeaseConfig;
 use crate::invalidation::{BusConfig, ListenerConfig};
+use crate::redis::RedisConfig;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -125,10 +126,15 @@ impl CoherenceSettings {
     /// The peer bus's settings; `channel` is `{namespace}:v1:bus`.
     pub fn bus_config(&self, redis: &RedisSettings, channel: String) -> BusConfig {
         BusConfig {
-            url: self.bus_url(redis).expose().to_owned(),
+            redis: RedisConfig {
+                url: self.bus_url(redis).expose().to_owned(),
+                timeout: redis.connect_timeout,
+                connect_timeout: redis.connect_timeout,
+                pool_size: 1,
+                breaker: redis.breaker(),
+            },
             channel,
             heartbeat: self.heartbeat,
-            connect_timeout: redis.connect_timeout,
         }
     }
 

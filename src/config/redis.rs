@@ -6,7 +6,8 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use super::{typed, Invalid, SecretUrl};
-use crate::cache::{BreakerConfig, RemoteConfig};
+use crate::cache::RemoteConfig;
+use crate::redis::{BreakerConfig, RedisConfig};
 
 const DEFAULT_POOL_SIZE: NonZeroUsize = NonZeroUsize::new(4).unwrap();
 const DEFAULT_BREAKER_FAILURES: NonZeroU32 = NonZeroU32::new(5).unwrap();
@@ -107,12 +108,14 @@ impl RedisSettings {
     /// The Redis tier's settings.
     pub fn remote_config(&self) -> RemoteConfig {
         RemoteConfig {
-            url: self.url.expose().to_owned(),
+            redis: RedisConfig {
+                url: self.url.expose().to_owned(),
+                timeout: self.timeout,
+                connect_timeout: self.connect_timeout,
+                pool_size: self.pool_size.get(),
+                breaker: self.breaker(),
+            },
             namespace: self.namespace.clone(),
-            timeout: self.timeout,
-            connect_timeout: self.connect_timeout,
-            pool_size: self.pool_size.get(),
-            breaker: self.breaker(),
         }
     }
 }

@@ -17,9 +17,10 @@ use serde_json::{json, Map, Value};
 
 use super::error::{ApiError, ErrorBody};
 use super::extract::ApiJson;
-use super::{AppState, Phase};
+use super::AppState;
 use crate::cache::{CacheKey, Deletion, Dropped, Kind, Tag};
-use crate::metrics::LOOKUP_RESULTS;
+use crate::labels::LookupResult;
+use crate::lifecycle::Phase;
 
 /// The status page: static HTML and a little JS, built into the binary.
 const PAGE: &str = include_str!("admin.html");
@@ -410,16 +411,12 @@ async fn snapshot(state: &AppState, prev: Option<&mut Window>) -> Value {
     let pool = state.store.pool();
     let mut out = json!({
         "instance": state.instance,
-        "status": match state.health.phase() {
-            Phase::Starting => "starting",
-            Phase::Ready => "ready",
-            Phase::Draining => "draining",
-        },
+        "status": state.health.phase().as_str(),
         "uptime_secs": state.health.uptime().as_secs(),
         "lookups": {
             "total": lookups,
             "hit_ratio": ratio(totals[0] + totals[1] + totals[3], lookups),
-            "by_result": LOOKUP_RESULTS.iter().zip(totals).map(|(r, n)| (r.to_string(), json!(n))).collect::<Map<_, _>>(),
+            "by_result": LookupResult::ALL.iter().zip(totals).map(|(r, n)| (r.as_str().to_owned(), json!(n))).collect::<Map<_, _>>(),
             "by_kind": per_kind(&counts),
         },
         "l1": {

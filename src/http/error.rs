@@ -6,7 +6,7 @@ use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 
-use crate::cache::CacheError;
+use crate::cache::{CacheError, LoadError};
 use crate::store::StoreError;
 
 /// An error answer.
@@ -130,7 +130,14 @@ impl From<StoreError> for ApiError {
 impl From<CacheError> for ApiError {
     fn from(e: CacheError) -> Self {
         match e {
-            CacheError::Load(store) => store.into(),
+            CacheError::Load(LoadError::Unavailable(cause)) => {
+                tracing::warn!(request_id = %super::request_id(), error = %cause, "postgres unavailable");
+                ApiError::unavailable()
+            }
+            CacheError::Load(LoadError::Failed(cause)) => {
+                tracing::error!(request_id = %super::request_id(), error = %cause, "load failed");
+                ApiError::internal()
+            }
             CacheError::Deadline => ApiError::new(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "timeout",

@@ -10,7 +10,6 @@ pub mod openapi;
 mod ops;
 mod writes;
 
-use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -28,10 +27,12 @@ pub use error::ApiError;
 #[doc(hidden)]
 pub use lookups::respond;
 
+use crate::answers::Answers;
 use crate::cache::Tiered;
 use crate::config::Secret;
 use crate::domain::PhoneParser;
 use crate::invalidation::{Bus, Invalidator, Listener};
+use crate::lifecycle::Health;
 use crate::metrics::Metrics;
 use crate::store::Store;
 
@@ -57,68 +58,11 @@ pub(crate) fn with_request_id<F: std::future::Future>(
     REQUEST_ID.scope(id, fut)
 }
 
-/// Lifecycle phase, for `/readyz`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Phase {
-    Starting = 0,
-    Ready = 1,
-    Draining = 2,
-}
-
-/// Liveness facts shared between the probes and `/readyz`.
-#[derive(Debug)]
-pub struct Health {
-    phase: AtomicU8,
-    postgres_up: AtomicBool,
-    /// Woken when draining starts (long-lived answers such as the stats stream end then).
-    draining: tokio::sync::Notify,
-    started: Instant,
-}
-
-impl Default for Health {
-    fn default() -> Self {
-        Health {
-            phase: AtomicU8::new(Phase::Starting as u8),
-            postgres_up: AtomicBool::new(false),
-            draining: tokio::sync::Notify::new(),
-            started: Instant::now(),
-        }
-    }
-}
-
-impl Health {
-    pub fn phase(&self) -> Phase {
-        match self.phase.load(Ordering::Relaxed) {
-            1 => Phase::Ready,
-            2 => Phase::Draining,
-            _ => Phase::Starting,
-        }
-    }
-    pub fn set_phase(&self, p: Phase) {
-        self.phase.store(p as u8, Ordering::Relaxed);
-        if p == Phase::Draining {
-            self.draining.notify_waiters();
-        }
-    }
-    /// Completes when draining starts (check [`Health::phase`] too: a start between the check
-    /// and the wait is not seen here).
-    pub async fn draining(&self) {
-        self.draining.notified().await;
-    }
-    pub fn uptime(&self) -> std::time::Duration {
-        self.started.elapsed()
-    }
-    pub fn postgres_up(&self) -> bool {
-        self.postgres_up.load(Ordering::Relaxed)
-    }
-    pub fn set_postgres_up(&self, up: bool) {
-        self.postgres_up.store(up, Ordering::Relaxed);
-    }
-}
-
 /// Everything a handler needs.
 pub struct AppInner {
     pub cache: Arc<Tiered>,
+    /// The lookups (read path) over `cache` and `store`.
+    pub answers: Answers,
     pub store: Store,
     pub invalidator: Invalidator,
     pub metrics: Arc<Metrics>,

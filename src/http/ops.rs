@@ -5,8 +5,9 @@ use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
 
-use super::{AppState, Phase};
+use super::AppState;
 use crate::cache::ChannelState;
+use crate::lifecycle::Phase;
 
 #[utoipa::path(get, path = "/healthz", tag = "operations",
     description = "Liveness: 200 while the process runs.",

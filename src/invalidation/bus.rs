@@ -15,15 +15,17 @@ use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
 use serde::{Deserialize, Serialize};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
 use super::{Invalidation, Invalidator};
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 
 use crate::cache::{now_ms, CacheKey, Coherence, Kind, Tag};
 use crate::domain::TxId;
+use crate::labels::{BusDirection, BusMessage, FlushReason};
+use crate::lifecycle::{Backoff, Shutdown};
 use crate::metrics::Metrics;
+use crate::redis::{Conn, Redis, RedisConfig, RedisError};
 
 /// How long a silent peer's last sequence number is remembered.
 const PEER_MEMORY: Duration = Duration::from_secs(3600);
@@ -31,12 +33,12 @@ const PEER_MEMORY: Duration = Duration::from_secs(3600);
 /// Bus settings.
 #[derive(Debug, Clone)]
 pub struct BusConfig {
-    /// Where to subscribe (often the same Redis as the cache).
-    pub url: String,
+    /// Where to publish and subscribe (often the same Redis as the cache); its connect timeout
+    /// bounds every bus operation.
+    pub redis: RedisConfig,
     /// `{namespace}:v1:bus`.
     pub channel: String,
     pub heartbeat: Duration,
-    pub connect_timeout: Duration,
 }
 
 /// On the wire: short field names, JSON.
@@ -108,7 +110,7 @@ impl BusSender {
 pub struct Bus {
     cfg: BusConfig,
     origin: String,
-    client: redis::Client,
+    redis: Redis,
     coherence: Arc<Coherence>,
     metrics: Arc<Metrics>,
     /// Heartbeats published successfully and not heard back yet: (sequence, when). A std Mutex:
@@ -127,13 +129,13 @@ impl Bus {
         origin: &str,
         coherence: Arc<Coherence>,
         metrics: Arc<Metrics>,
-    ) -> Result<(Arc<Self>, BusSender), redis::RedisError> {
-        let client = redis::Client::open(cfg.url.as_str())?;
+    ) -> Result<(Arc<Self>, BusSender), RedisError> {
+        let redis = Redis::new(&cfg.redis, metrics.clone())?;
         let (tx, rx) = mpsc::unbounded_channel();
         let bus = Bus {
             cfg,
             origin: origin.to_owned(),
-            client,
+            redis,
             coherence,
             metrics,
             unheard: std::sync::Mutex::new(VecDeque::new()),
@@ -143,24 +145,24 @@ impl Bus {
         Ok((Arc::new(bus), BusSender(tx)))
     }
 
-    /// Starts the publisher and the subscriber; both end when `stop` is set.
+    /// Starts the publisher and the subscriber; both end on shutdown.
     pub fn spawn(
         self: &Arc<Self>,
         invalidator: Invalidator,
-        stop: watch::Receiver<bool>,
+        shutdown: Shutdown,
     ) -> Vec<JoinHandle<()>> {
         let rx = self.rx.lock().unwrap_or_else(|p| p.into_inner()).take();
         let mut tasks = Vec::new();
         if let Some(rx) = rx {
             let this = Arc::clone(self);
-            let stop = stop.clone();
-            tasks.push(tokio::spawn(
-                async move { this.publish_loop(rx, stop).await },
-            ));
+            let shutdown = shutdown.clone();
+            tasks.push(tokio::spawn(async move {
+                this.publish_loop(rx, shutdown).await
+            }));
         }
         let this = Arc::clone(self);
         tasks.push(tokio::spawn(async move {
-            this.subscribe_loop(invalidator, stop).await
+            this.subscribe_loop(invalidator, shutdown).await
         }));
         tasks
     }
@@ -180,11 +182,11 @@ impl Bus {
     async fn publish_loop(
         &self,
         mut rx: mpsc::UnboundedReceiver<Outgoing>,
-        mut stop: watch::Receiver<bool>,
+        mut shutdown: Shutdown,
     ) {
         let mut seq = 0u64;
         // Its own connection to the bus's Redis (which may not be the cache's).
-        let mut conn: Option<ConnectionManager> = None;
+        let mut conn: Option<Conn> = None;
         let mut tick = tokio::time::interval(self.cfg.heartbeat);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -205,7 +207,7 @@ impl Bus {
                     None => break,
                 },
                 _ = tick.tick() => true,
-                _ = crate::startup::stopped(&mut stop) => break,
+                _ = shutdown.recv() => break,
             };
             let mut payloads = Vec::with_capacity(batch.len() + 1);
             for m in &batch {
@@ -222,11 +224,14 @@ impl Bus {
             }
             let sent = self.publish(&mut conn, &payloads).await;
             if sent {
-                let m = &self.metrics.bus_messages;
-                m.with_label_values(&["sent", "invalidation"])
-                    .inc_by(batch.len() as u64);
+                let m = &self.metrics;
+                m.bus_messages(
+                    BusDirection::Sent,
+                    BusMessage::Invalidation,
+                    batch.len() as u64,
+                );
                 if heartbeat {
-                    m.with_label_values(&["sent", "heartbeat"]).inc();
+                    m.bus_messages(BusDirection::Sent, BusMessage::Heartbeat, 1);
                     let mut unheard = self.unheard.lock().unwrap_or_else(|p| p.into_inner());
                     unheard.push_back((seq, Instant::now()));
                     // Bounded: while nobody listens, only the oldest matters.
@@ -245,16 +250,9 @@ impl Bus {
     }
 
     /// Publishes `payloads` on the channel, in order, in one round trip; false if it could not.
-    async fn publish(&self, conn: &mut Option<ConnectionManager>, payloads: &[Vec<u8>]) -> bool {
+    async fn publish(&self, conn: &mut Option<Conn>, payloads: &[Vec<u8>]) -> bool {
         if conn.is_none() {
-            let cfg = ConnectionManagerConfig::new()
-                .set_connection_timeout(Some(self.cfg.connect_timeout))
-                .set_response_timeout(Some(self.cfg.connect_timeout));
-            let connect = ConnectionManager::new_with_config(self.client.clone(), cfg);
-            *conn = tokio::time::timeout(self.cfg.connect_timeout, connect)
-                .await
-                .ok()
-                .and_then(Result::ok);
+            *conn = self.redis.open(self.cfg.redis.connect_timeout).await.ok();
         }
         let Some(c) = conn.as_mut() else {
             return false;
@@ -267,7 +265,7 @@ impl Bus {
                 .ignore();
         }
         matches!(
-            tokio::time::timeout(self.cfg.connect_timeout, pipe.query_async::<()>(c)).await,
+            tokio::time::timeout(self.cfg.redis.connect_timeout, pipe.query_async::<()>(c)).await,
             Ok(Ok(()))
         )
     }
@@ -287,18 +285,18 @@ impl Bus {
         serde_json::to_vec(&wire).unwrap_or_default()
     }
 
-    async fn subscribe_loop(&self, invalidator: Invalidator, mut stop: watch::Receiver<bool>) {
+    async fn subscribe_loop(&self, invalidator: Invalidator, mut shutdown: Shutdown) {
         let mut subscribed_before = false;
-        let mut backoff = super::Backoff::new();
+        let mut backoff = Backoff::default();
         loop {
-            if *stop.borrow() {
+            if shutdown.is_stopped() {
                 return;
             }
             let pubsub = match self.subscribe().await {
                 Ok(p) => p,
                 Err(e) => {
                     tracing::debug!(error = %e, "bus subscription failed; retrying");
-                    if !backoff.wait(&mut stop).await {
+                    if !backoff.wait(&mut shutdown).await {
                         return;
                     }
                     continue;
@@ -309,7 +307,7 @@ impl Bus {
             // The first subscription needs no flush: until now the bus was down, so every L1
             // entry was stored with the short degraded lifetime.
             if subscribed_before {
-                invalidator.cache().flush_local("bus_resubscribe");
+                invalidator.cache().flush_local(FlushReason::BusResubscribe);
                 tracing::info!("bus subscription restored; L1 flushed");
             } else {
                 tracing::info!(channel = %self.cfg.channel, "subscribed to the invalidation bus");
@@ -322,7 +320,7 @@ impl Bus {
                 .clear();
             self.coherence.set_bus(true);
             self.metrics.bus_up.set(1);
-            let lost = self.listen(pubsub, &invalidator, &mut stop).await;
+            let lost = self.listen(pubsub, &invalidator, &mut shutdown).await;
             self.coherence.set_bus(false);
             self.metrics.bus_up.set(0);
             match lost {
@@ -333,13 +331,10 @@ impl Bus {
     }
 
     async fn subscribe(&self) -> Result<redis::aio::PubSub, String> {
-        let connect = async {
-            let mut pubsub = self.client.get_async_pubsub().await?;
-            pubsub.subscribe(&self.cfg.channel).await?;
-            Ok::<_, redis::RedisError>(pubsub)
-        };
-        match tokio::time::timeout(self.cfg.connect_timeout, connect).await {
-            Ok(Ok(p)) => Ok(p),
+        let mut pubsub = self.redis.pubsub().await.map_err(|e| e.to_string())?;
+        let subscribe = pubsub.subscribe(&self.cfg.channel);
+        match tokio::time::timeout(self.cfg.redis.connect_timeout, subscribe).await {
+            Ok(Ok(())) => Ok(pubsub),
             Ok(Err(e)) => Err(e.to_string()),
             Err(_) => Err("timed out".into()),
         }
@@ -350,7 +345,7 @@ impl Bus {
         &self,
         pubsub: redis::aio::PubSub,
         invalidator: &Invalidator,
-        stop: &mut watch::Receiver<bool>,
+        shutdown: &mut Shutdown,
     ) -> Option<&'static str> {
         let mut stream = pubsub.into_on_message();
         let subscribed_at = Instant::now();
@@ -371,7 +366,7 @@ impl Bus {
                     // Peers that went away (a restart is a new origin) are forgotten after an hour.
                     peers.retain(|_, (_, seen)| seen.elapsed() < PEER_MEMORY);
                 }
-                _ = crate::startup::stopped(stop) => return None,
+                _ = shutdown.recv() => return None,
             }
         }
     }
@@ -388,17 +383,12 @@ impl Bus {
             return;
         };
         let is_heartbeat = wire.is_heartbeat();
-        self.metrics
-            .bus_messages
-            .with_label_values(&[
-                "received",
-                if is_heartbeat {
-                    "heartbeat"
-                } else {
-                    "invalidation"
-                },
-            ])
-            .inc();
+        let kind = if is_heartbeat {
+            BusMessage::Heartbeat
+        } else {
+            BusMessage::Invalidation
+        };
+        self.metrics.bus_messages(BusDirection::Received, kind, 1);
         if wire.o == self.origin {
             self.heard.fetch_max(wire.s, Ordering::Relaxed);
             return;
@@ -413,7 +403,7 @@ impl Bus {
         };
         if let Some(expected) = expected.filter(|e| *e != wire.s) {
             self.metrics.bus_gaps.inc();
-            invalidator.cache().flush_local("bus_gap");
+            invalidator.cache().flush_local(FlushReason::BusGap);
             tracing::warn!(
                 peer = %wire.o,
                 expected,
@@ -425,7 +415,7 @@ impl Bus {
             return;
         }
         if wire.f {
-            invalidator.cache().flush_local("admin");
+            invalidator.cache().flush_local(FlushReason::Admin);
             return;
         }
         for kind in wire.d.iter().filter_map(|k| Kind::parse(k)) {

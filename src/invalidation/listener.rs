@@ -12,11 +12,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use sqlx::postgres::{PgConnectOptions, PgListener, PgPoolOptions};
-use tokio::sync::watch;
 
 use super::Invalidator;
 use crate::cache::{Coherence, ResetCause};
 use crate::domain::TxId;
+use crate::lifecycle::{Backoff, Shutdown};
 use crate::metrics::Metrics;
 use crate::store::outbox::{self, Cursor, OutboxChange};
 use crate::store::{Store, StoreError};
@@ -75,14 +75,14 @@ impl Listener {
         Some(self.applied.load(Ordering::Relaxed)).filter(|v| *v >= 0)
     }
 
-    /// Listens, replays and applies until `stop` is set; reconnects by itself.
-    pub async fn run(self: Arc<Self>, mut stop: watch::Receiver<bool>) {
+    /// Listens, replays and applies until shutdown; reconnects by itself.
+    pub async fn run(self: Arc<Self>, mut shutdown: Shutdown) {
         let mut cursor: Option<Cursor> = None;
         // When the outbox was last read in full.
         let mut last_read: Option<Instant> = None;
-        let mut backoff = super::Backoff::new();
+        let mut backoff = Backoff::default();
         loop {
-            if *stop.borrow() {
+            if shutdown.is_stopped() {
                 return;
             }
             let mut listener = match self.connect().await {
@@ -95,9 +95,9 @@ impl Listener {
                     // An unanswered attempt costs no Postgres backend; one that hangs takes the
                     // connect timeout itself.
                     let waited = if matches!(e, sqlx::Error::Database(_)) {
-                        backoff.wait(&mut stop).await
+                        backoff.wait(&mut shutdown).await
                     } else {
-                        super::sleep_or_stop(RETRY_UNANSWERED, &mut stop).await
+                        shutdown.sleep(RETRY_UNANSWERED).await
                     };
                     if !waited {
                         return;
@@ -110,7 +110,7 @@ impl Listener {
                 .serve(
                     &mut listener,
                     &mut cursor,
-                    &mut stop,
+                    &mut shutdown,
                     &mut last_read,
                     &mut caught_up,
                 )
@@ -127,7 +127,7 @@ impl Listener {
             // at once: each attempt costs a Postgres backend.
             if caught_up {
                 backoff.reset();
-            } else if !backoff.wait(&mut stop).await {
+            } else if !backoff.wait(&mut shutdown).await {
                 return;
             }
         }
@@ -154,7 +154,7 @@ impl Listener {
         &self,
         listener: &mut PgListener,
         cursor: &mut Option<Cursor>,
-        stop: &mut watch::Receiver<bool>,
+        shutdown: &mut Shutdown,
         last_read: &mut Option<Instant>,
         caught_up: &mut bool,
     ) -> Result<(), StoreError> {
@@ -183,7 +183,7 @@ impl Listener {
                     Err(e) => return Err(StoreError::Unavailable(Arc::new(e))),
                 },
                 _ = poll.tick() => self.catch_up(listener, cursor, last_read).await?,
-                _ = crate::startup::stopped(stop) => return Ok(()),
+                _ = shutdown.recv() => return Ok(()),
             }
         }
     }
@@ -255,9 +255,9 @@ impl Listener {
         Ok(())
     }
 
-    /// Prunes old outbox rows and keeps the backlog gauge current, until `stop` is set. Runs on
+    /// Prunes old outbox rows and keeps the backlog gauge current, until shutdown. Runs on
     /// the pool, so the backlog shows even while the listener's own connection is down.
-    pub async fn housekeeping(self: Arc<Self>, mut stop: watch::Receiver<bool>) {
+    pub async fn housekeeping(self: Arc<Self>, mut shutdown: Shutdown) {
         let mut backlog = tokio::time::interval(Duration::from_secs(1));
         let mut prune = tokio::time::interval(self.cfg.prune_every);
         backlog.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -276,7 +276,7 @@ impl Listener {
                         Err(e) => tracing::debug!(error = %e, "outbox pruning failed"),
                     }
                 }
-                _ = crate::startup::stopped(&mut stop) => return,
+                _ = shutdown.recv() => return,
             }
         }
     }

@@ -25,63 +25,11 @@ use crate::store::outbox::OutboxChange;
 pub use bus::{Bus, BusConfig, BusSender};
 pub use listener::{Listener, ListenerConfig};
 
-/// The delay between reconnect attempts of the listener and the bus: 100 ms, doubling to 2 s.
-struct Backoff(Duration);
-
-impl Backoff {
-    const FIRST: Duration = Duration::from_millis(100);
-    const MAX: Duration = Duration::from_secs(2);
-
-    fn new() -> Self {
-        Backoff(Self::FIRST)
-    }
-
-    fn reset(&mut self) {
-        self.0 = Self::FIRST;
-    }
-
-    /// Sleeps for the current delay and doubles it; false if `stop` was set meanwhile.
-    async fn wait(&mut self, stop: &mut tokio::sync::watch::Receiver<bool>) -> bool {
-        let delay = self.0;
-        self.0 = (self.0 * 2).min(Self::MAX);
-        sleep_or_stop(delay, stop).await
-    }
-}
-
-/// Sleeps for `delay`; false if `stop` was set meanwhile.
-async fn sleep_or_stop(delay: Duration, stop: &mut tokio::sync::watch::Receiver<bool>) -> bool {
-    tokio::select! {
-        _ = tokio::time::sleep(delay) => true,
-        _ = crate::startup::stopped(stop) => false,
-    }
-}
-
 /// What a change touches: exact keys, and tags naming families of keys.
 pub type Invalidation = Deletion;
 
-/// Where a change was learned from (the `source` label).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Source {
-    /// One of sidecache's own write routes.
-    Write,
-    /// The Postgres change listener (outbox + NOTIFY).
-    Notify,
-    /// Another instance, over the bus.
-    Peer,
-    /// The admin API.
-    Admin,
-}
-
-impl Source {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Source::Write => "write",
-            Source::Notify => "notify",
-            Source::Peer => "peer",
-            Source::Admin => "admin",
-        }
-    }
-}
+use crate::labels::OutboxAction;
+pub use crate::labels::Source;
 
 fn push_unique(keys: &mut Vec<CacheKey>, key: CacheKey) {
     if !keys.contains(&key) {
@@ -216,17 +164,11 @@ impl Invalidator {
     }
 
     fn count(&self, source: Source) {
-        self.metrics
-            .invalidations
-            .with_label_values(&[source.as_str()])
-            .inc();
+        self.metrics.invalidation(source);
     }
 
     fn lag(&self, source: Source, seconds: f64) {
-        self.metrics
-            .invalidation_lag
-            .with_label_values(&[source.as_str()])
-            .observe(seconds.max(0.0));
+        self.metrics.invalidation_lag(source, seconds);
     }
 
     /// A write route's commit, before it answers: Redis (marking the transaction as handled
@@ -264,10 +206,7 @@ impl Invalidator {
             .iter()
             .all(|c| c.origin.as_deref() == Some(self.origin.as_str()));
         if own && self.own_handled.wait_for(txid, OWN_WRITE_PATIENCE).await {
-            self.metrics
-                .outbox_rows
-                .with_label_values(&["own_write"])
-                .inc_by(rows);
+            self.metrics.outbox_rows(OutboxAction::OwnWrite, rows);
             return Ok(());
         }
         self.count(Source::Notify);
@@ -295,13 +234,10 @@ impl Invalidator {
             self.cache.invalidate_local(&inv).await;
         }
         let action = match remote {
-            Ok(Some(Dropped::AlreadyApplied)) => "already_applied",
-            _ => "applied",
+            Ok(Some(Dropped::AlreadyApplied)) => OutboxAction::AlreadyApplied,
+            _ => OutboxAction::Applied,
         };
-        self.metrics
-            .outbox_rows
-            .with_label_values(&[action])
-            .inc_by(rows);
+        self.metrics.outbox_rows(action, rows);
         self.lag(
             Source::Notify,
             (now_ms() as f64 - first.created_ms) / 1000.0,

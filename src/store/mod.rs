@@ -16,6 +16,8 @@ pub use writes::{
     ConversationPatch, LeadPatch, NewConversation, NewLead, NewOrganization, OrganizationPatch,
 };
 
+use crate::cache::LoadError;
+use crate::labels::PgQuery;
 use crate::metrics::Metrics;
 
 /// Failures of the store, classified for the HTTP layer. Cloneable so one failed load can be
@@ -76,6 +78,15 @@ impl StoreError {
     }
 }
 
+impl From<StoreError> for LoadError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::Unavailable(_) => LoadError::Unavailable(e.to_string().into()),
+            other => LoadError::Failed(other.to_string().into()),
+        }
+    }
+}
+
 /// Pool settings.
 #[derive(Debug, Clone)]
 pub struct StoreConfig {
@@ -116,33 +127,36 @@ impl Store {
         &self.pool
     }
 
-    /// Runs one named statement, recording count, errors and latency.
-    async fn timed<T, F>(&self, name: &'static str, fut: F) -> Result<T, StoreError>
+    /// Runs one named statement, recording count, errors and latency. A conflict or an invalid
+    /// value is the client's doing, not a database error, and is not counted as one.
+    async fn timed<T, F>(&self, query: PgQuery, fut: F) -> Result<T, StoreError>
     where
         F: std::future::Future<Output = Result<T, sqlx::Error>>,
     {
         let m = &self.metrics;
-        m.pg_queries.with_label_values(&[name]).inc();
         let started = Instant::now();
         let out = fut.await;
-        m.pg_duration
-            .with_label_values(&[name])
-            .observe(started.elapsed().as_secs_f64());
-        out.map_err(|e| {
-            if matches!(e, sqlx::Error::PoolTimedOut) {
-                m.pg_pool_timeouts.inc();
+        let seconds = started.elapsed().as_secs_f64();
+        match out {
+            Ok(v) => {
+                m.pg_query(query, seconds, true);
+                Ok(v)
             }
-            let err = StoreError::classify(e);
-            if !matches!(err, StoreError::Conflict(_) | StoreError::Invalid(_)) {
-                m.pg_errors.with_label_values(&[name]).inc();
+            Err(e) => {
+                if matches!(e, sqlx::Error::PoolTimedOut) {
+                    m.pg_pool_timeouts.inc();
+                }
+                let err = StoreError::classify(e);
+                let clients = matches!(err, StoreError::Conflict(_) | StoreError::Invalid(_));
+                m.pg_query(query, seconds, clients);
+                Err(err)
             }
-            err
-        })
+        }
     }
 
     /// `SELECT 1`, for readiness.
     pub async fn ping(&self) -> Result<(), StoreError> {
-        self.timed("ping", sqlx::query("SELECT 1").execute(&self.pool))
+        self.timed(PgQuery::Ping, sqlx::query("SELECT 1").execute(&self.pool))
             .await
             .map(|_| ())
     }

@@ -17,6 +17,7 @@ use uuid::Uuid;
 
 use super::{Store, StoreError};
 use crate::domain::{Change, ConversationId, LeadId, Op, OrgId, PhoneNumber, TxId};
+use crate::labels::PgQuery;
 use crate::metrics::Metrics;
 
 /// The NOTIFY channel the triggers signal.
@@ -118,27 +119,20 @@ impl Row {
 /// Timing and counting for statements run on the listener's connection.
 async fn timed<T>(
     metrics: &Metrics,
-    name: &'static str,
+    query: PgQuery,
     fut: impl std::future::Future<Output = Result<T, sqlx::Error>>,
 ) -> Result<T, StoreError> {
-    metrics.pg_queries.with_label_values(&[name]).inc();
     let started = Instant::now();
     let out = fut.await;
-    metrics
-        .pg_duration
-        .with_label_values(&[name])
-        .observe(started.elapsed().as_secs_f64());
-    out.map_err(|e| {
-        metrics.pg_errors.with_label_values(&[name]).inc();
-        StoreError::classify(e)
-    })
+    metrics.pg_query(query, started.elapsed().as_secs_f64(), out.is_ok());
+    out.map_err(StoreError::classify)
 }
 
 /// A cursor at the end of the outbox as it is now.
 pub async fn start(conn: &mut PgListener, metrics: &Metrics) -> Result<Cursor, StoreError> {
     let (last_id, xmin): (i64, i64) = timed(
         metrics,
-        "outbox_read",
+        PgQuery::OutboxRead,
         sqlx::query_as(
             "SELECT COALESCE((SELECT max(id) FROM sidecache_outbox), 0), \
                     pg_snapshot_xmin(pg_current_snapshot())::text::bigint",
@@ -192,7 +186,7 @@ async fn read_into(
     let mut xmin = i64::MAX;
     let rows: Vec<Row> = timed(
         metrics,
-        "outbox_read",
+        PgQuery::OutboxRead,
         sqlx::query_as(&recheck)
             .bind(cursor.last_id)
             .bind(cursor.xmin)
@@ -209,7 +203,7 @@ async fn read_into(
     }
     let rows: Vec<Row> = timed(
         metrics,
-        "outbox_read",
+        PgQuery::OutboxRead,
         sqlx::query_as(&fresh)
             .bind(cursor.last_id)
             .bind(batch)
@@ -251,7 +245,7 @@ impl Store {
     /// The newest committed outbox id (0 when empty), for the backlog gauge.
     pub async fn outbox_newest(&self) -> Result<i64, StoreError> {
         self.timed(
-            "outbox_newest",
+            PgQuery::OutboxNewest,
             sqlx::query_scalar("SELECT COALESCE(max(id), 0) FROM sidecache_outbox")
                 .fetch_one(&self.pool),
         )
@@ -261,7 +255,7 @@ impl Store {
     /// Deletes outbox rows older than `retention`; returns how many.
     pub async fn prune_outbox(&self, retention: Duration) -> Result<u64, StoreError> {
         self.timed(
-            "outbox_prune",
+            PgQuery::OutboxPrune,
             sqlx::query(
                 "DELETE FROM sidecache_outbox \
                  WHERE created_at < clock_timestamp() - make_interval(secs => $1)",

@@ -5,6 +5,7 @@ use sqlx::Row;
 
 use super::{Store, StoreError};
 use crate::domain::{Conversation, Lead, LeadId, OrgId, Organization, PhoneNumber};
+use crate::labels::PgQuery;
 
 pub(super) const ORG_COLUMNS: &str =
     "id, name, phone_number, timezone, greeting_template, settings, version, created_at, updated_at";
@@ -47,7 +48,7 @@ impl Store {
     pub async fn org_by_id(&self, id: OrgId) -> Result<Option<Organization>, StoreError> {
         let sql = format!("SELECT {ORG_COLUMNS} FROM organizations WHERE id = $1");
         self.timed(
-            "org_by_id",
+            PgQuery::OrgById,
             sqlx::query_as(&sql).bind(id).fetch_optional(&self.pool),
         )
         .await
@@ -59,7 +60,7 @@ impl Store {
     ) -> Result<Option<Organization>, StoreError> {
         let sql = format!("SELECT {ORG_COLUMNS} FROM organizations WHERE phone_number = $1");
         self.timed(
-            "org_by_phone",
+            PgQuery::OrgByPhone,
             sqlx::query_as(&sql)
                 .bind(phone.as_str())
                 .fetch_optional(&self.pool),
@@ -70,7 +71,7 @@ impl Store {
     pub async fn lead_by_id(&self, id: LeadId) -> Result<Option<Lead>, StoreError> {
         let sql = format!("SELECT {LEAD_COLUMNS} FROM leads WHERE id = $1");
         self.timed(
-            "lead_by_id",
+            PgQuery::LeadById,
             sqlx::query_as(&sql).bind(id).fetch_optional(&self.pool),
         )
         .await
@@ -85,7 +86,7 @@ impl Store {
             "SELECT {LEAD_COLUMNS} FROM leads WHERE phone_number = $1 AND organization_id = $2"
         );
         self.timed(
-            "lead_by_phone",
+            PgQuery::LeadByPhone,
             sqlx::query_as(&sql)
                 .bind(phone.as_str())
                 .bind(org)
@@ -104,7 +105,7 @@ impl Store {
                      FROM leads l JOIN organizations o ON o.id = l.organization_id WHERE l.id = $1";
         let row = self
             .timed(
-                "lead_with_org",
+                PgQuery::LeadWithOrg,
                 sqlx::query(sql).bind(id).fetch_optional(&self.pool),
             )
             .await?;
@@ -141,7 +142,7 @@ impl Store {
              ORDER BY started_at DESC, id LIMIT $2 OFFSET $3"
         );
         self.timed(
-            "conversations_page",
+            PgQuery::ConversationsPage,
             sqlx::query_as(&sql)
                 .bind(lead)
                 .bind(limit)
@@ -155,7 +156,7 @@ impl Store {
     pub async fn conversation_stats(&self, lead: LeadId) -> Result<ConversationStats, StoreError> {
         let row = self
             .timed(
-                "conversation_stats",
+                PgQuery::ConversationStats,
                 sqlx::query(STATS_SQL).bind(lead).fetch_one(&self.pool),
             )
             .await?;
@@ -172,7 +173,7 @@ impl Store {
     /// Whether a lead exists (history of an unknown lead is a 404, not an empty page).
     pub async fn lead_exists(&self, lead: LeadId) -> Result<bool, StoreError> {
         self.timed(
-            "lead_exists",
+            PgQuery::LeadExists,
             sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM leads WHERE id = $1)")
                 .bind(lead)
                 .fetch_one(&self.pool),

@@ -14,6 +14,7 @@ use crate::domain::{
     Change, Channel, Commit, Conversation, ConversationId, Direction, Lead, LeadId, LeadStatus, Op,
     OrgId, Organization, PhoneNumber, TxId,
 };
+use crate::labels::PgQuery;
 
 /// Appended to every write's RETURNING: the writing transaction's id, which the outbox records
 /// too, so the change stream can recognise writes this instance has already invalidated.
@@ -148,7 +149,7 @@ impl Store {
         };
         match self
             .timed(
-                "version_of",
+                PgQuery::VersionOf,
                 sqlx::query_scalar::<_, i64>(sql)
                     .bind(id)
                     .fetch_optional(&self.pool),
@@ -172,7 +173,7 @@ impl Store {
         );
         let row = self
             .timed(
-                "create_org",
+                PgQuery::CreateOrg,
                 sqlx::query(&sql)
                     .bind(&new.name)
                     .bind(new.phone.as_str())
@@ -206,7 +207,7 @@ impl Store {
     ) -> Result<(Organization, Commit), StoreError> {
         let row = self
             .timed(
-                "update_org",
+                PgQuery::UpdateOrg,
                 sqlx::query(&UPDATE_ORG)
                     .bind(id)
                     .bind(&p.name)
@@ -244,7 +245,7 @@ impl Store {
         );
         let row = self
             .timed(
-                "create_lead",
+                PgQuery::CreateLead,
                 sqlx::query(&sql)
                     .bind(new.org)
                     .bind(new.phone.as_str())
@@ -284,7 +285,7 @@ impl Store {
     ) -> Result<(Lead, Commit), StoreError> {
         let row = self
             .timed(
-                "update_lead",
+                PgQuery::UpdateLead,
                 sqlx::query(&UPDATE_LEAD)
                     .bind(id)
                     .bind(p.phone.as_ref().map(PhoneNumber::as_str))
@@ -323,7 +324,7 @@ impl Store {
     pub async fn delete_lead(&self, id: LeadId) -> Result<Commit, StoreError> {
         let row: Option<(OrgId, String, i64)> = self
             .timed(
-                "delete_lead",
+                PgQuery::DeleteLead,
                 sqlx::query_as(&format!(
                     "DELETE FROM leads WHERE id = $1 RETURNING organization_id, phone_number, {TXID}"
                 ))
@@ -357,7 +358,7 @@ impl Store {
         );
         let row = self
             .timed(
-                "create_conversation",
+                PgQuery::CreateConversation,
                 sqlx::query(&sql)
                     .bind(lead)
                     .bind(new.channel.as_str())
@@ -394,7 +395,7 @@ impl Store {
         );
         let row = self
             .timed(
-                "update_conversation",
+                PgQuery::UpdateConversation,
                 sqlx::query(&sql)
                     .bind(id)
                     .bind(p.summary.is_some())

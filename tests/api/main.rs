@@ -11,6 +11,7 @@ mod consistency;
 mod fencing;
 mod fixtures;
 mod fuzz;
+mod layout;
 mod lookups;
 mod metrics;
 mod prom;

@@ -30,22 +30,10 @@ impl Default for BreakerConfig {
     }
 }
 
-/// The breaker's state, as shown in `/readyz` and the gauge (0, 1, 2).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum BreakerState {
-    Closed,
-    HalfOpen,
-    Open,
-}
+use crate::labels::BreakerState;
 
+/// The gauge value of a state (0, 1, 2).
 impl BreakerState {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            BreakerState::Closed => "closed",
-            BreakerState::HalfOpen => "half_open",
-            BreakerState::Open => "open",
-        }
-    }
     pub fn as_gauge(self) -> i64 {
         match self {
             BreakerState::Closed => 0,

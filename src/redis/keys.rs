@@ -1,0 +1,120 @@
+//! Where everything lives in Redis. Every key starts with the namespace and schema version; the
+//! cache's keys are `{namespace}:v1:{...}` (a SCAN of the namespace sees only them), and three
+//! namespace-wide keys sit beside that prefix so a SCAN-and-delete never touches them.
+//!
+//! | key | what |
+//! |---|---|
+//! | `{ns}:v1:{key}` | a cached value, prefixed with the incarnation it was filled under |
+//! | `{ns}:v1:fence:{key}` | the key's fence (bumped on invalidation) |
+//! | `{ns}:v1:kindfence:{kind}` | a whole kind's fence (admin) |
+//! | `{ns}:v1:tagfence:{tag}`, `{ns}:v1:tag:{tag}` | a tag's fence, and the values filled under it |
+//! | `{ns}:v1:lease:{key}` | the key's fill lease |
+//! | `{ns}:v1:applied:{txid}[:{group}]` | a transaction's invalidation has landed |
+//! | `{ns}:v1incarnation`, `{ns}:v1server`, `{ns}:v1clock` | the namespace's incarnation, the server it was checked on, the fence clock |
+//! | `{ns}:v1:bus` | the peer bus channel |
+//!
+//! Keys are built from key text (`lead:id:…`), kind labels and tag names, so this module does
+//! not depend on the cache's types.
+
+use crate::labels::Kind;
+
+/// The key layout of one namespace.
+#[derive(Debug, Clone)]
+pub struct Keys {
+    prefix: String,
+    incarnation: String,
+    server: String,
+    clock: String,
+}
+
+impl Keys {
+    pub fn new(namespace: &str) -> Self {
+        Keys {
+            prefix: format!("{namespace}:v1:"),
+            incarnation: format!("{namespace}:v1incarnation"),
+            server: format!("{namespace}:v1server"),
+            clock: format!("{namespace}:v1clock"),
+        }
+    }
+
+    /// `{namespace}:v1:`, the start of every cache key.
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+    /// The namespace's incarnation (see `cache::remote`).
+    pub fn incarnation(&self) -> &str {
+        &self.incarnation
+    }
+    /// The server and eviction count the incarnation was last checked against.
+    pub fn server(&self) -> &str {
+        &self.server
+    }
+    /// Where fences take their numbers from.
+    pub fn clock(&self) -> &str {
+        &self.clock
+    }
+    pub fn value(&self, key: &str) -> String {
+        format!("{}{key}", self.prefix)
+    }
+    pub fn fence(&self, key: &str) -> String {
+        format!("{}fence:{key}", self.prefix)
+    }
+    pub fn kind_fence(&self, kind: Kind) -> String {
+        format!("{}kindfence:{}", self.prefix, kind.as_str())
+    }
+    pub fn tag_fence(&self, tag: &str) -> String {
+        format!("{}tagfence:{tag}", self.prefix)
+    }
+    pub fn tag_members(&self, tag: &str) -> String {
+        format!("{}tag:{tag}", self.prefix)
+    }
+    pub fn lease(&self, key: &str) -> String {
+        format!("{}lease:{key}", self.prefix)
+    }
+    pub fn marker(&self, txid: u64) -> String {
+        format!("{}applied:{txid}", self.prefix)
+    }
+    pub fn group_marker(&self, txid: u64, group: &str) -> String {
+        format!("{}applied:{txid}:{group}", self.prefix)
+    }
+    /// SCAN pattern of every key of a kind's values.
+    pub fn kind_pattern(&self, key_prefix: &str) -> String {
+        format!("{}{key_prefix}*", self.prefix)
+    }
+    /// SCAN pattern of every key of the namespace.
+    pub fn all_pattern(&self) -> String {
+        format!("{}*", self.prefix)
+    }
+    /// The key text of a full key of this namespace (`None` for another namespace's).
+    pub fn strip<'a>(&self, full: &'a str) -> Option<&'a str> {
+        full.strip_prefix(self.prefix.as_str())
+    }
+    /// The peer bus's channel.
+    pub fn bus_channel(&self) -> String {
+        format!("{}bus", self.prefix)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_layout() {
+        let k = Keys::new("ns");
+        assert_eq!(k.value("lead:id:1"), "ns:v1:lead:id:1");
+        assert_eq!(k.fence("lead:id:1"), "ns:v1:fence:lead:id:1");
+        assert_eq!(k.kind_fence(Kind::Context), "ns:v1:kindfence:context");
+        assert_eq!(k.tag_fence("org:2"), "ns:v1:tagfence:org:2");
+        assert_eq!(k.tag_members("org:2"), "ns:v1:tag:org:2");
+        assert_eq!(k.lease("lead:id:1"), "ns:v1:lease:lead:id:1");
+        assert_eq!(k.group_marker(7, "1-3"), "ns:v1:applied:7:1-3");
+        assert_eq!(k.bus_channel(), "ns:v1:bus");
+        // Beside the prefix: a SCAN of `ns:v1:*` does not see them.
+        for outside in [k.incarnation(), k.server(), k.clock()] {
+            assert!(!outside.starts_with(k.prefix()), "{outside}");
+        }
+        assert_eq!(k.strip("ns:v1:context:9"), Some("context:9"));
+        assert_eq!(k.strip("other:v1:context:9"), None);
+    }
+}
