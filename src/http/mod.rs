@@ -5,18 +5,19 @@ mod admin;
 mod error;
 mod extract;
 mod lookups;
+mod middleware;
 /// The OpenAPI document (`/openapi.json`).
 pub mod openapi;
 mod ops;
+mod report;
+mod request_id;
 mod writes;
 
 use std::sync::Arc;
-use std::time::Instant;
 
-use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
-use axum::http::{HeaderValue, StatusCode};
-use axum::middleware::{self, Next};
-use axum::response::{IntoResponse, Response};
+use axum::extract::DefaultBodyLimit;
+use axum::http::StatusCode;
+use axum::response::IntoResponse;
 use axum::routing::{get, patch, post};
 use axum::Router;
 use tower_http::catch_panic::CatchPanicLayer;
@@ -26,6 +27,7 @@ pub use error::ApiError;
 /// The answer for one cached lookup (exposed for the micro-benchmarks).
 #[doc(hidden)]
 pub use lookups::respond;
+pub(crate) use request_id::{request_id, with_request_id};
 
 use crate::answers::Answers;
 use crate::cache::Tiered;
@@ -35,28 +37,6 @@ use crate::invalidation::{Bus, Invalidator, Listener};
 use crate::lifecycle::Health;
 use crate::metrics::Metrics;
 use crate::store::Store;
-
-tokio::task_local! {
-    /// The `x-request-id` of the request being served.
-    static REQUEST_ID: HeaderValue;
-}
-
-/// The id of the request being served, for log lines (empty outside a request).
-pub(crate) fn request_id() -> String {
-    REQUEST_ID
-        .try_with(|id| id.to_str().unwrap_or("").to_owned())
-        .unwrap_or_default()
-}
-
-/// Runs `fut` (a task spawned for the current request) with the request's id.
-pub(crate) fn with_request_id<F: std::future::Future>(
-    fut: F,
-) -> impl std::future::Future<Output = F::Output> {
-    let id = REQUEST_ID
-        .try_with(Clone::clone)
-        .unwrap_or_else(|_| HeaderValue::from_static(""));
-    REQUEST_ID.scope(id, fut)
-}
 
 /// Everything a handler needs.
 pub struct AppInner {
@@ -137,9 +117,9 @@ pub fn router(state: AppState, body_limit: usize) -> Router {
             .route("/admin/flush", post(admin::flush))
             .route("/admin/stats", get(admin::stats))
             .route("/admin/stream", get(admin::stream))
-            .route_layer(middleware::from_fn_with_state(
+            .route_layer(axum::middleware::from_fn_with_state(
                 state.clone(),
-                admin::require_token,
+                middleware::require_token,
             ));
         app = app
             .merge(protected)
@@ -152,7 +132,10 @@ pub fn router(state: AppState, body_limit: usize) -> Router {
     app.fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(body_limit))
-        .layer(middleware::from_fn_with_state(state.clone(), track))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            middleware::track,
+        ))
         // A bug must not take the process down or answer without the JSON shape.
         .layer(CatchPanicLayer::custom(
             |_: Box<dyn std::any::Any + Send>| {
@@ -184,63 +167,4 @@ async fn method_not_allowed() -> ApiError {
         "method_not_allowed",
         "This route does not accept that method.",
     )
-}
-
-/// Counts and times every request by matched route, method and status, and sheds load: an API
-/// request that finds `server.max_concurrency` others in flight is answered 503 with
-/// `Retry-After` at once instead of queueing without bound (health and metrics always answer).
-/// One middleware for both, since every layer costs on the hot path.
-async fn track(State(state): State<AppState>, req: Request, next: Next) -> Response {
-    let started = Instant::now();
-    let route = req.extensions().get::<MatchedPath>().cloned();
-    let route = route.as_ref().map_or("unmatched", MatchedPath::as_str);
-    let method = req.method().clone();
-    // The request's log lines carry its id (the caller's x-request-id, or a new one). A
-    // task-local, not a span: an INFO span per request cost a quarter of an L1 hit's CPU.
-    let id = req
-        .headers()
-        .get("x-request-id")
-        .cloned()
-        .unwrap_or_else(|| HeaderValue::from_static(""));
-    let res = async {
-        if route.starts_with("/v1/") {
-            match state.limiter.clone().try_acquire_owned() {
-                Ok(_permit) => {
-                    state.metrics.in_flight.inc();
-                    let _counted = InFlight(&state.metrics);
-                    next.run(req).await
-                }
-                Err(_) => {
-                    state.metrics.overload_rejections.inc();
-                    ApiError::new(
-                        StatusCode::SERVICE_UNAVAILABLE,
-                        "overloaded",
-                        "Too many requests are in flight; retry shortly.",
-                    )
-                    .into_response()
-                }
-            }
-        } else {
-            next.run(req).await
-        }
-    };
-    let res = REQUEST_ID.scope(id, res).await;
-    let status = res.status();
-    let labels = [route, method.as_str(), status.as_str()];
-    state.metrics.http_requests.with_label_values(&labels).inc();
-    state
-        .metrics
-        .http_duration
-        .with_label_values(&labels)
-        .observe(started.elapsed().as_secs_f64());
-    res
-}
-
-/// Keeps the in-flight gauge right even if the handler is dropped mid-request.
-struct InFlight<'a>(&'a Metrics);
-
-impl Drop for InFlight<'_> {
-    fn drop(&mut self) {
-        self.0.in_flight.dec();
-    }
 }

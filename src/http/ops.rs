@@ -5,9 +5,8 @@ use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
 
+use super::report::Report;
 use super::AppState;
-use crate::cache::ChannelState;
-use crate::lifecycle::Phase;
 
 #[utoipa::path(get, path = "/healthz", tag = "operations",
     description = "Liveness: 200 while the process runs.",
@@ -25,49 +24,32 @@ pub(super) async fn healthz() -> Response {
         (status = 503, description = "Starting or draining", body = Object),
     ))]
 pub(super) async fn readyz(State(state): State<AppState>) -> Response {
-    let pg_up = state.health.postgres_up();
-    let pool = state.store.pool();
-    let remote = state.cache.remote();
-    let redis_connected = remote.is_some_and(|r| r.is_up());
-    let owed = remote.is_some_and(|r| r.is_up() && !r.usable());
-    let breaker = remote.map_or("disabled", |r| r.breaker_state().as_str());
-    let coherence = state.cache.coherence();
-    let (listener, bus) = (coherence.listener(), coherence.bus());
-    let degraded = !pg_up
-        || (state.redis_enabled && !redis_connected)
-        || listener == ChannelState::Down
-        || bus == ChannelState::Down;
-    let phase = state.health.phase();
-    let (code, status) = match phase {
-        Phase::Starting => (StatusCode::SERVICE_UNAVAILABLE, "starting"),
-        Phase::Draining => (StatusCode::SERVICE_UNAVAILABLE, "draining"),
-        Phase::Ready if degraded => (StatusCode::OK, "degraded"),
-        Phase::Ready => (StatusCode::OK, "ready"),
-    };
+    let r = Report::gather(&state);
+    let (code, status) = r.readiness();
     json_response(
         code,
         json!({
             "status": status,
             "postgres": {
-                "connected": pg_up,
-                "pool_size": pool.size(),
-                "pool_idle": pool.num_idle(),
+                "connected": r.postgres_up,
+                "pool_size": r.pool_size,
+                "pool_idle": r.pool_idle,
             },
             "redis": {
-                "enabled": state.redis_enabled,
-                "connected": redis_connected,
-                "breaker": breaker,
-                "owed_invalidations": owed,
+                "enabled": r.redis_enabled,
+                "connected": r.redis_connected,
+                "breaker": r.breaker,
+                "owed_invalidations": r.owed,
             },
             "l1": {
-                "enabled": state.cache.local().enabled(),
-                "ttl_cap_secs": coherence.l1_ttl_cap().map(|d| d.as_secs()),
+                "enabled": r.l1_enabled,
+                "ttl_cap_secs": r.l1_ttl_cap_secs,
             },
             "listener": {
-                "state": listener.as_str(),
-                "applied_id": state.listener.as_ref().and_then(|l| l.applied_id()),
+                "state": r.listener.as_str(),
+                "applied_id": r.applied_id,
             },
-            "bus": { "state": bus.as_str() },
+            "bus": { "state": r.bus.as_str() },
             "instance": state.instance,
         }),
     )

@@ -3,6 +3,10 @@
 //! start (at zero) and is resolved once, so counting on a hot path does no label hashing. Call
 //! sites use the typed methods below, never a label string.
 
+mod snapshot;
+
+pub use snapshot::{hit_ratio, l1_hit_ratio, quantile, ratio, Counts, Lag, Rates, Snapshot};
+
 use std::sync::Arc;
 
 use prometheus::{
