@@ -5,34 +5,34 @@
 //! depends only on modules above it (checked by `tests/api/layout.rs`, with: no import cycle,
 //! nothing imports `startup`, nothing outside `http` names axum or hyper).
 
-/// Shutdown handle, OS signals, phase and health, reconnect backoff.
-pub mod lifecycle;
-/// Stable labels (kinds, statuses, reasons, outcomes) with `as_str` and `ALL`.
-pub mod labels;
-/// The Prometheus registry, every metric family, and the operator's snapshot arithmetic.
-pub mod metrics;
-/// Parse-don't-validate newtypes (phone numbers, ids, channels) and the resource models.
-pub mod domain;
-/// Redis for everyone who uses it: one connection type, the guarded call, keys, Lua scripts.
-pub mod redis;
+/// What each lookup answers, and the call initiation: the read path HTTP and webhooks share.
+pub mod answers;
 /// The tiered read-through cache: keys and policies, L1 (moka), L2 (Redis), fencing, coalescing.
 pub mod cache;
+/// Command-line interface: `serve`, `migrate`, `seed`, `check-config`.
+pub mod cli;
+/// Settings by section, typed; `config.toml` < environment < flags, checked before anything binds.
+pub mod config;
+/// Parse-don't-validate newtypes (phone numbers, ids, channels) and the resource models.
+pub mod domain;
+/// The HTTP surface: router, middleware, thin handlers per surface, errors, OpenAPI.
+pub mod http;
+/// What a change invalidates (`keys_for`) and how: the invalidator, change listener, peer bus.
+pub mod invalidation;
+/// Stable labels (kinds, statuses, reasons, outcomes) with `as_str` and `ALL`.
+pub mod labels;
+/// Shutdown handle, OS signals, phase and health, reconnect backoff.
+pub mod lifecycle;
+/// The Prometheus registry, every metric family, and the operator's snapshot arithmetic.
+pub mod metrics;
+/// Redis for everyone who uses it: one connection type, the guarded call, keys, Lua scripts.
+pub mod redis;
+/// Demo and bulk data generation (`serve --demo`, `seed`).
+pub mod seed;
+/// Process wiring: `Application::build`, background tasks, graceful shutdown.
+pub mod startup;
 /// Postgres: queries and writes (each returns a `Change`), the outbox; maps its errors into the
 /// cache's `LoadError`.
 pub mod store;
-/// What a change invalidates (`keys_for`) and how: the invalidator, change listener, peer bus.
-pub mod invalidation;
-/// What each lookup answers, and the call initiation: the read path HTTP and webhooks share.
-pub mod answers;
-/// Settings by section, typed; `config.toml` < environment < flags, checked before anything binds.
-pub mod config;
 /// Tracing subscriber set-up (text or JSON).
 pub mod telemetry;
-/// The HTTP surface: router, middleware, thin handlers per surface, errors, OpenAPI.
-pub mod http;
-/// Demo and bulk data generation (`serve --demo`, `seed`).
-pub mod seed;
-/// Command-line interface: `serve`, `migrate`, `seed`, `check-config`.
-pub mod cli;
-/// Process wiring: `Application::build`, background tasks, graceful shutdown.
-pub mod startup;

@@ -129,7 +129,7 @@ impl Answers {
             }
         }
         let lead = self.lead_by_id(id, Mode::ReadThrough).await?;
-        let Some(org) = lead.entry.ids.org.filter(|_| !lead.entry.negative) else {
+        let Some(org) = lead.entry.ids().org.filter(|_| !lead.entry.negative) else {
             return Ok(lead);
         };
         let store = self.store.clone();
@@ -151,14 +151,14 @@ impl Answers {
         let organization = self.org_by_phone(callee, mode).await?;
         let Some(org_id) = organization
             .entry
-            .ids
+            .ids()
             .org
             .filter(|_| !organization.entry.negative)
         else {
             return Ok(None);
         };
         let lead = self.lead_by_phone(caller, org_id, mode).await?;
-        let known = match lead.entry.ids.lead.filter(|_| !lead.entry.negative) {
+        let known = match lead.entry.ids().lead.filter(|_| !lead.entry.negative) {
             None => None,
             Some(lead_id) => {
                 let (context, greeting) = tokio::join!(

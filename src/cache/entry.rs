@@ -40,8 +40,6 @@ pub struct Entry {
     pub loaded_at_ms: u64,
     /// When the value stops being fresh (Unix ms).
     pub expires_at_ms: u64,
-    /// The organization and lead it is about (none for a negative entry).
-    pub ids: Ids,
     /// The whole Redis form that `body` and `etag` point into.
     raw: Bytes,
 }
@@ -85,8 +83,16 @@ impl Entry {
         buf.put_u8(etag.len() as u8);
         buf.put_slice(etag);
         buf.put_slice(body);
-        // Just built in the form `decode` reads.
-        Self::decode(buf.freeze()).unwrap_or_else(|| unreachable!("a freshly encoded entry"))
+        // Just built in the form `decode` reads: no need to check it again.
+        let raw = buf.freeze();
+        Entry {
+            etag: raw.slice(HEADER..HEADER + etag.len()),
+            body: raw.slice(HEADER + etag.len()..),
+            negative: flags & NEGATIVE != 0,
+            loaded_at_ms: now,
+            expires_at_ms,
+            raw,
+        }
     }
 
     /// Time left until the entry stops being fresh (zero if already past).
@@ -129,15 +135,6 @@ impl Entry {
         }
         let loaded_at_ms = u64::from_be_bytes(raw[4..12].try_into().ok()?);
         let expires_at_ms = u64::from_be_bytes(raw[12..20].try_into().ok()?);
-        let uuid = |at: usize| uuid::Uuid::from_slice(&raw[at..at + 16]).ok();
-        let ids = Ids {
-            org: (flags & HAS_ORG != 0)
-                .then(|| uuid(20).map(OrgId))
-                .flatten(),
-            lead: (flags & HAS_LEAD != 0)
-                .then(|| uuid(36).map(LeadId))
-                .flatten(),
-        };
         let etag_len = usize::from(raw[HEADER - 1]);
         if raw.len() < HEADER + etag_len {
             return None;
@@ -148,11 +145,25 @@ impl Entry {
             body,
             etag,
             negative: flags & NEGATIVE != 0,
-            ids,
             loaded_at_ms,
             expires_at_ms,
             raw,
         })
+    }
+
+    /// The organization and lead it is about (none for a negative entry). Read from the
+    /// header when asked: only composite answers need them, so a hit does not pay for them.
+    pub fn ids(&self) -> Ids {
+        let flags = self.raw[3];
+        let uuid = |at: usize| {
+            let mut b = [0u8; 16];
+            b.copy_from_slice(&self.raw[at..at + 16]);
+            uuid::Uuid::from_bytes(b)
+        };
+        Ids {
+            org: (flags & HAS_ORG != 0).then(|| OrgId(uuid(20))),
+            lead: (flags & HAS_LEAD != 0).then(|| LeadId(uuid(36))),
+        }
     }
 
     /// Memory held by this entry: its buffer and itself (for the L1 weigher and byte gauges).
@@ -205,7 +216,7 @@ mod tests {
             Duration::from_secs(10),
         );
         let back = Entry::decode(e.encode()).unwrap();
-        assert_eq!(back.ids, ids);
+        assert_eq!(back.ids(), ids);
         let only_org = Ids { lead: None, ..ids };
         let e = Entry::from_loaded(
             Loaded::Found {
@@ -215,7 +226,7 @@ mod tests {
             },
             Duration::from_secs(10),
         );
-        assert_eq!(Entry::decode(e.encode()).unwrap().ids, only_org);
+        assert_eq!(Entry::decode(e.encode()).unwrap().ids(), only_org);
     }
 
     #[test]
