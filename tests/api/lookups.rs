@@ -307,3 +307,25 @@ async fn cache_control_no_cache_bypasses_the_tiers() {
     assert_eq!(a.cache(), "BYPASS");
     assert_eq!(app.get(&path).await.cache(), "HIT-L1");
 }
+
+#[tokio::test]
+async fn every_answer_carries_a_request_id_new_or_the_callers() {
+    let app = spawn_app().await;
+    let a = app.get("/healthz").await;
+    let b = app
+        .get("/v1/leads/00000000-0000-4000-8000-000000000001")
+        .await;
+    let (a, b) = (a.header("x-request-id"), b.header("x-request-id"));
+    assert!(a.is_some_and(|id| !id.is_empty()), "{a:?}");
+    assert!(b.is_some_and(|id| !id.is_empty()), "{b:?}");
+    assert_ne!(a, b, "each request gets its own");
+    let mine = app
+        .request(
+            reqwest::Method::GET,
+            "/healthz",
+            None,
+            &[("x-request-id", "trace-me-7")],
+        )
+        .await;
+    assert_eq!(mine.header("x-request-id"), Some("trace-me-7"));
+}
