@@ -4,12 +4,11 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::http::HeaderMap;
 use bytes::Bytes;
 use criterion::{criterion_group, criterion_main, Criterion};
 use sidecache::cache::{CacheKey, CacheStatus, Entry, Ids, Loaded, Local, Lookup};
 use sidecache::domain::{LeadId, OrgId, PhoneNumber, PhoneParser, Region};
-use sidecache::http::respond;
+use sidecache::http::{respond, Conditions};
 
 fn bench(c: &mut Criterion) {
     let org = OrgId::new_random();
@@ -58,7 +57,7 @@ fn bench(c: &mut Criterion) {
         })
     });
     let shared = Arc::new(entry.clone());
-    let no_headers = HeaderMap::new();
+    let no_conditions = Conditions::default();
     c.bench_function("response/assemble_l1_hit", |b| {
         b.iter(|| {
             respond(
@@ -66,7 +65,7 @@ fn bench(c: &mut Criterion) {
                     entry: shared.clone(),
                     status: CacheStatus::HitL1,
                 },
-                &no_headers,
+                &no_conditions,
                 || unreachable!("found"),
             )
         })

@@ -5,9 +5,10 @@ use std::str::FromStr;
 
 use axum::extract::{FromRequest, FromRequestParts, Path, Query, Request};
 use axum::http::request::Parts;
-use axum::http::{header, HeaderMap};
+use axum::http::{header, HeaderMap, HeaderValue};
 
 use super::error::ApiError;
+use crate::cache::Mode;
 use crate::domain::ParseError;
 
 /// A JSON body (`Content-Type: application/json`, size-limited by the router).
@@ -106,9 +107,53 @@ pub(crate) fn if_match(headers: &HeaderMap) -> Result<Option<i64>, ApiError> {
         .ok_or_else(bad)
 }
 
-/// True if `If-None-Match` names `etag` (weak comparison) or is `*`.
-pub(crate) fn if_none_match(headers: &HeaderMap, etag: &[u8]) -> bool {
-    let Some(raw) = headers.get(header::IF_NONE_MATCH) else {
+/// What a lookup reads from the request's headers: whether it may use the caches
+/// (`Cache-Control: no-cache` or `no-store` reads Postgres directly) and the client's
+/// `If-None-Match`. Read from the request in place: extracting a whole `HeaderMap` would clone
+/// every header of every request.
+#[derive(Debug, Clone, Default)]
+pub struct Conditions {
+    pub mode: Mode,
+    pub if_none_match: Option<HeaderValue>,
+}
+
+impl Conditions {
+    pub(crate) fn of(headers: &HeaderMap) -> Self {
+        let no_cache = headers
+            .get_all(header::CACHE_CONTROL)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .any(|v| {
+                v.split(',')
+                    .any(|d| matches!(d.trim(), "no-cache" | "no-store"))
+            });
+        Conditions {
+            mode: if no_cache {
+                Mode::Bypass
+            } else {
+                Mode::ReadThrough
+            },
+            if_none_match: headers.get(header::IF_NONE_MATCH).cloned(),
+        }
+    }
+
+    /// True if `If-None-Match` names `etag` (weak comparison) or is `*`.
+    pub(crate) fn not_modified(&self, etag: &[u8]) -> bool {
+        if_none_match(self.if_none_match.as_ref(), etag)
+    }
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for Conditions {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        Ok(Conditions::of(&parts.headers))
+    }
+}
+
+/// True if an `If-None-Match` value names `etag` (weak comparison) or is `*`.
+fn if_none_match(raw: Option<&HeaderValue>, etag: &[u8]) -> bool {
+    let Some(raw) = raw else {
         return false;
     };
     let Ok(s) = raw.to_str() else { return false };
@@ -150,23 +195,22 @@ mod tests {
 
     #[test]
     fn if_none_match_forms() {
-        assert!(if_none_match(
-            &with(header::IF_NONE_MATCH, "\"3\""),
-            b"\"3\""
-        ));
-        assert!(if_none_match(
-            &with(header::IF_NONE_MATCH, "W/\"3\""),
-            b"\"3\""
-        ));
-        assert!(if_none_match(
-            &with(header::IF_NONE_MATCH, "\"1\", \"3\""),
-            b"\"3\""
-        ));
-        assert!(if_none_match(&with(header::IF_NONE_MATCH, "*"), b"\"3\""));
-        assert!(!if_none_match(
-            &with(header::IF_NONE_MATCH, "\"4\""),
-            b"\"3\""
-        ));
-        assert!(!if_none_match(&HeaderMap::new(), b"\"3\""));
+        let not_modified =
+            |v: &str| Conditions::of(&with(header::IF_NONE_MATCH, v)).not_modified(b"\"3\"");
+        assert!(not_modified("\"3\""));
+        assert!(not_modified("W/\"3\""));
+        assert!(not_modified("\"1\", \"3\""));
+        assert!(not_modified("*"));
+        assert!(!not_modified("\"4\""));
+        assert!(!Conditions::of(&HeaderMap::new()).not_modified(b"\"3\""));
+    }
+
+    #[test]
+    fn cache_control_no_cache_bypasses() {
+        let mode = |v: &str| Conditions::of(&with(header::CACHE_CONTROL, v)).mode;
+        assert_eq!(mode("no-cache"), Mode::Bypass);
+        assert_eq!(mode("max-age=0, no-store"), Mode::Bypass);
+        assert_eq!(mode("max-age=60"), Mode::ReadThrough);
+        assert_eq!(Conditions::of(&HeaderMap::new()).mode, Mode::ReadThrough);
     }
 }

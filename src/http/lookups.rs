@@ -1,33 +1,17 @@
 //! Lookup routes: each parses its input, asks [`Answers`](crate::answers::Answers) for the
 //! lookup, and answers the cached bytes with `x-cache`, `age` and `ETag`.
 
-use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 
 use super::error::{ApiError, ErrorBody};
-use super::extract::{if_none_match, PathId, PathText, QueryPairs};
+use super::extract::{Conditions, PathId, PathText, QueryPairs};
 use super::AppState;
 use crate::answers::{Context, Greeting, History, Summary};
-use crate::cache::{now_ms, CacheStatus, Lookup, Mode};
+use crate::cache::{now_ms, CacheStatus, Lookup};
 use crate::domain::{Channel, Lead, LeadId, OrgId, Organization, PhoneNumber};
 
 const X_CACHE: &str = "x-cache";
-
-fn mode(headers: &HeaderMap) -> Mode {
-    let no_cache = headers
-        .get_all(header::CACHE_CONTROL)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .any(|v| {
-            v.split(',')
-                .any(|d| matches!(d.trim(), "no-cache" | "no-store"))
-        });
-    if no_cache {
-        Mode::Bypass
-    } else {
-        Mode::ReadThrough
-    }
-}
 
 /// RFC 7234's warning 110, on answers served past their TTL because Postgres could not refresh
 /// them in time.
@@ -50,13 +34,13 @@ fn status_headers(res: &mut Response, status: CacheStatus, age: u64) {
 /// kind's 404 for a negative entry.
 pub fn respond(
     lookup: Lookup,
-    headers: &HeaderMap,
+    conditions: &Conditions,
     missing: impl FnOnce() -> ApiError,
 ) -> Response {
     let entry = &lookup.entry;
     let mut res = if entry.negative {
         missing().into_response()
-    } else if if_none_match(headers, &entry.etag) {
+    } else if conditions.not_modified(&entry.etag) {
         StatusCode::NOT_MODIFIED.into_response()
     } else {
         let mut r = Response::new(axum::body::Body::from(entry.body.clone()));
@@ -162,10 +146,10 @@ fn org_missing() -> ApiError {
 pub(super) async fn org_by_id(
     state: axum::extract::State<AppState>,
     PathId(id): PathId<OrgId>,
-    headers: HeaderMap,
+    conditions: Conditions,
 ) -> Result<Response, ApiError> {
-    let lookup = state.answers.org_by_id(id, mode(&headers)).await?;
-    Ok(respond(lookup, &headers, org_missing))
+    let lookup = state.answers.org_by_id(id, conditions.mode).await?;
+    Ok(respond(lookup, &conditions, org_missing))
 }
 
 #[utoipa::path(
@@ -186,11 +170,11 @@ pub(super) async fn org_by_id(
 pub(super) async fn org_by_phone(
     state: axum::extract::State<AppState>,
     PathText(raw): PathText,
-    headers: HeaderMap,
+    conditions: Conditions,
 ) -> Result<Response, ApiError> {
     let phone = phone_param(&state, &raw)?;
-    let lookup = state.answers.org_by_phone(&phone, mode(&headers)).await?;
-    Ok(respond(lookup, &headers, org_missing))
+    let lookup = state.answers.org_by_phone(&phone, conditions.mode).await?;
+    Ok(respond(lookup, &conditions, org_missing))
 }
 
 #[utoipa::path(
@@ -211,10 +195,10 @@ pub(super) async fn org_by_phone(
 pub(super) async fn lead_by_id(
     state: axum::extract::State<AppState>,
     PathId(id): PathId<LeadId>,
-    headers: HeaderMap,
+    conditions: Conditions,
 ) -> Result<Response, ApiError> {
-    let lookup = state.answers.lead_by_id(id, mode(&headers)).await?;
-    Ok(respond(lookup, &headers, lead_missing))
+    let lookup = state.answers.lead_by_id(id, conditions.mode).await?;
+    Ok(respond(lookup, &conditions, lead_missing))
 }
 
 fn org_query(q: &QueryPairs) -> Result<OrgId, ApiError> {
@@ -247,15 +231,15 @@ pub(super) async fn lead_by_phone(
     state: axum::extract::State<AppState>,
     PathText(raw): PathText,
     q: QueryPairs,
-    headers: HeaderMap,
+    conditions: Conditions,
 ) -> Result<Response, ApiError> {
     let phone = phone_param(&state, &raw)?;
     let org = org_query(&q)?;
     let lookup = state
         .answers
-        .lead_by_phone(&phone, org, mode(&headers))
+        .lead_by_phone(&phone, org, conditions.mode)
         .await?;
-    Ok(respond(lookup, &headers, lead_missing))
+    Ok(respond(lookup, &conditions, lead_missing))
 }
 
 #[utoipa::path(
@@ -276,10 +260,10 @@ pub(super) async fn lead_by_phone(
 pub(super) async fn context(
     state: axum::extract::State<AppState>,
     PathId(id): PathId<LeadId>,
-    headers: HeaderMap,
+    conditions: Conditions,
 ) -> Result<Response, ApiError> {
-    let lookup = state.answers.context(id, mode(&headers)).await?;
-    Ok(respond(lookup, &headers, lead_missing))
+    let lookup = state.answers.context(id, conditions.mode).await?;
+    Ok(respond(lookup, &conditions, lead_missing))
 }
 
 #[utoipa::path(
@@ -300,10 +284,10 @@ pub(super) async fn context(
 pub(super) async fn summary(
     state: axum::extract::State<AppState>,
     PathId(id): PathId<LeadId>,
-    headers: HeaderMap,
+    conditions: Conditions,
 ) -> Result<Response, ApiError> {
-    let lookup = state.answers.summary(id, mode(&headers)).await?;
-    Ok(respond(lookup, &headers, lead_missing))
+    let lookup = state.answers.summary(id, conditions.mode).await?;
+    Ok(respond(lookup, &conditions, lead_missing))
 }
 
 #[utoipa::path(
@@ -325,11 +309,11 @@ pub(super) async fn greeting(
     state: axum::extract::State<AppState>,
     PathId(id): PathId<LeadId>,
     q: QueryPairs,
-    headers: HeaderMap,
+    conditions: Conditions,
 ) -> Result<Response, ApiError> {
     let channel = channel_query(&q)?;
-    let lookup = state.answers.greeting(id, channel, mode(&headers)).await?;
-    Ok(respond(lookup, &headers, lead_missing))
+    let lookup = state.answers.greeting(id, channel, conditions.mode).await?;
+    Ok(respond(lookup, &conditions, lead_missing))
 }
 
 #[utoipa::path(
@@ -351,15 +335,15 @@ pub(super) async fn history(
     state: axum::extract::State<AppState>,
     PathId(id): PathId<LeadId>,
     q: QueryPairs,
-    headers: HeaderMap,
+    conditions: Conditions,
 ) -> Result<Response, ApiError> {
     let limit = u32_query(&q, "limit", 20, 1..=100)?;
     let offset = u32_query(&q, "offset", 0, 0..=100_000)?;
     let lookup = state
         .answers
-        .history(id, limit, offset, mode(&headers))
+        .history(id, limit, offset, conditions.mode)
         .await?;
-    Ok(respond(lookup, &headers, lead_missing))
+    Ok(respond(lookup, &conditions, lead_missing))
 }
 
 /// The error answers every cached lookup can give (for the OpenAPI document).
@@ -419,14 +403,14 @@ struct Initiation {
 pub(super) async fn initiation(
     state: axum::extract::State<AppState>,
     q: QueryPairs,
-    headers: HeaderMap,
+    conditions: Conditions,
 ) -> Result<Response, ApiError> {
     let caller = phone_query(&state, &q, "caller")?;
     let callee = phone_query(&state, &q, "callee")?;
     let channel = channel_query(&q)?;
     let Some(init) = state
         .answers
-        .initiation(&caller, &callee, channel, mode(&headers))
+        .initiation(&caller, &callee, channel, conditions.mode)
         .await?
     else {
         return Err(org_missing());

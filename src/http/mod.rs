@@ -24,6 +24,8 @@ use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 
 pub use error::ApiError;
+#[doc(hidden)]
+pub use extract::Conditions;
 /// The answer for one cached lookup (exposed for the micro-benchmarks).
 #[doc(hidden)]
 pub use lookups::respond;

@@ -39,9 +39,10 @@ pub struct Lookup {
 }
 
 /// How a lookup may use the caches.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub enum Mode {
     /// Read through L1 and L2, fill both on a miss.
+    #[default]
     ReadThrough,
     /// Go straight to Postgres and store nothing (`Cache-Control: no-cache`, or no tier on).
     Bypass,
