@@ -23,14 +23,6 @@ impl Shutdown {
         (Stop(tx), Shutdown(rx))
     }
 
-    /// A handle that never hears a stop (tools and tests that run a task on their own).
-    pub fn never() -> Shutdown {
-        let (tx, rx) = watch::channel(false);
-        // Keep the sender alive for ever, so `recv` pends rather than completes.
-        std::mem::forget(tx);
-        Shutdown(rx)
-    }
-
     /// True once the stop was given.
     pub fn is_stopped(&self) -> bool {
         *self.0.borrow()
@@ -204,7 +196,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn backoff_doubles_to_its_ceiling_and_resets() {
-        let mut shutdown = Shutdown::never();
+        let (_stop, mut shutdown) = Shutdown::new();
         let mut b = Backoff::default();
         let started = tokio::time::Instant::now();
         for _ in 0..6 {

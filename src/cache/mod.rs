@@ -15,7 +15,7 @@ pub use entry::{now_ms, Entry, Ids, Loaded};
 pub use keys::{fnv1a, CacheKey, Kind, Policies, Policy, Tag};
 pub use local::{Fence, L1Hit, Local};
 pub use remote::{
-    Deletion, Dropped, Fill, L2Read, Lease, Marker, Remote, RemoteConfig, ResetCause, MAX_FILL_AGE,
+    Deletion, Dropped, L2Read, Lease, Marker, Remote, RemoteConfig, ResetCause, MAX_FILL_AGE,
 };
 pub use tiered::{CacheStatus, FailSafe, FillHook, LeaseConfig, LoadFuture, Lookup, Mode, Tiered};
 

@@ -52,69 +52,43 @@ fn as_secs<S: Serializer>(v: &Duration, s: S) -> Result<S::Ok, S::Error> {
     s.serialize_u64(v.as_secs())
 }
 
-/// A `Duration` under a `*_ms` key; 0 allowed.
-pub(super) mod millis {
-    use super::*;
-    pub(in crate::config) fn serialize<S: Serializer>(
-        v: &Duration,
-        s: S,
-    ) -> Result<S::Ok, S::Error> {
-        as_millis(v, s)
-    }
-    pub(in crate::config) fn deserialize<'de, D: Deserializer<'de>>(
-        d: D,
-    ) -> Result<Duration, D::Error> {
-        count(d, false).map(Duration::from_millis)
-    }
+/// Declares a serde `with` module for a `Duration` kept under an integer key.
+macro_rules! duration_module {
+    ($(#[$doc:meta])* $name:ident, $write:ident, $from:path, nonzero: $nonzero:expr) => {
+        $(#[$doc])*
+        pub(super) mod $name {
+            use super::*;
+            pub(in crate::config) fn serialize<S: Serializer>(
+                v: &Duration,
+                s: S,
+            ) -> Result<S::Ok, S::Error> {
+                $write(v, s)
+            }
+            pub(in crate::config) fn deserialize<'de, D: Deserializer<'de>>(
+                d: D,
+            ) -> Result<Duration, D::Error> {
+                count(d, $nonzero).map($from)
+            }
+        }
+    };
 }
 
-/// A `Duration` under a `*_ms` key that must be greater than 0.
-pub(super) mod nonzero_millis {
-    use super::*;
-    pub(in crate::config) fn serialize<S: Serializer>(
-        v: &Duration,
-        s: S,
-    ) -> Result<S::Ok, S::Error> {
-        as_millis(v, s)
-    }
-    pub(in crate::config) fn deserialize<'de, D: Deserializer<'de>>(
-        d: D,
-    ) -> Result<Duration, D::Error> {
-        count(d, true).map(Duration::from_millis)
-    }
-}
-
-/// A `Duration` under a `*_secs` key (or a per-kind TTL in seconds); 0 allowed.
-pub(super) mod secs {
-    use super::*;
-    pub(in crate::config) fn serialize<S: Serializer>(
-        v: &Duration,
-        s: S,
-    ) -> Result<S::Ok, S::Error> {
-        as_secs(v, s)
-    }
-    pub(in crate::config) fn deserialize<'de, D: Deserializer<'de>>(
-        d: D,
-    ) -> Result<Duration, D::Error> {
-        count(d, false).map(Duration::from_secs)
-    }
-}
-
-/// A `Duration` under a `*_secs` key that must be greater than 0.
-pub(super) mod nonzero_secs {
-    use super::*;
-    pub(in crate::config) fn serialize<S: Serializer>(
-        v: &Duration,
-        s: S,
-    ) -> Result<S::Ok, S::Error> {
-        as_secs(v, s)
-    }
-    pub(in crate::config) fn deserialize<'de, D: Deserializer<'de>>(
-        d: D,
-    ) -> Result<Duration, D::Error> {
-        count(d, true).map(Duration::from_secs)
-    }
-}
+duration_module!(
+    /// A `Duration` under a `*_ms` key; 0 allowed.
+    millis, as_millis, Duration::from_millis, nonzero: false
+);
+duration_module!(
+    /// A `Duration` under a `*_ms` key that must be greater than 0.
+    nonzero_millis, as_millis, Duration::from_millis, nonzero: true
+);
+duration_module!(
+    /// A `Duration` under a `*_secs` key (or a per-kind TTL in seconds); 0 allowed.
+    secs, as_secs, Duration::from_secs, nonzero: false
+);
+duration_module!(
+    /// A `Duration` under a `*_secs` key that must be greater than 0.
+    nonzero_secs, as_secs, Duration::from_secs, nonzero: true
+);
 
 /// A value written as a string and parsed with `FromStr`; `refusal` words the error.
 struct Parsed<T> {

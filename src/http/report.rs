@@ -38,7 +38,7 @@ impl Report {
             redis_enabled: state.redis_enabled,
             redis_connected: remote.is_some_and(|r| r.is_up()),
             breaker: remote.map_or("disabled", |r| r.breaker_state().as_str()),
-            owed: remote.is_some_and(|r| r.is_up() && !r.usable()),
+            owed: remote.is_some_and(|r| r.is_up() && r.owes()),
             l1_enabled: state.cache.local().enabled(),
             l1_ttl_cap_secs: coherence.l1_ttl_cap().map(|d| d.as_secs()),
             listener: coherence.listener(),

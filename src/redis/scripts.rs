@@ -22,15 +22,12 @@ end
 return out
 "#;
 
-/// Functions the read, fill and check scripts share (prepended to them).
-/// - `server_now()`: the server's `run_id` and `evicted_keys` as one string, or false if `INFO`
-///   cannot be read or lacks them (an ACL may deny it; then nothing is compared).
-/// - `create(inc, rec, candidate)`: makes `candidate` the incarnation of a namespace that has none,
-///   recording the server it was made on. Returns it.
-/// - `server_check(inc, rec, candidate)`: compares the server with the one the namespace last
-///   recorded and rotates the incarnation on any difference. Returns the reason of a rotation (or
-///   false), and whether `INFO` could be read.
-const SERVER_LUA: &str = r#"
+/// Functions the read, fill and check scripts share, prepended to those that call them (a
+/// script defines its functions on every call, so each gets only what it uses).
+///
+/// `server_now()`: the server's `run_id` and `evicted_keys` as one string, or false if `INFO`
+/// cannot be read or lacks them (an ACL may deny it; then nothing is compared).
+const SERVER_NOW_LUA: &str = r#"
 local function server_now()
   local server = redis.pcall('INFO', 'server')
   local stats = redis.pcall('INFO', 'stats')
@@ -40,12 +37,23 @@ local function server_now()
   if not rid or not ev then return false end
   return rid .. ' ' .. ev
 end
+"#;
+
+/// `create(inc, rec, candidate)`: makes `candidate` the incarnation of a namespace that has none,
+/// recording the server it was made on. Returns it. Needs [`SERVER_NOW_LUA`].
+const CREATE_LUA: &str = r#"
 local function create(inc_key, rec_key, candidate)
   redis.call('SET', inc_key, candidate)
   local now = server_now()
   if now then redis.call('SET', rec_key, now) end
   return candidate
 end
+"#;
+
+/// `server_check(inc, rec, candidate)`: compares the server with the one the namespace last
+/// recorded and rotates the incarnation on any difference. Returns the reason of a rotation (or
+/// false), and whether `INFO` could be read. Needs [`SERVER_NOW_LUA`].
+const SERVER_CHECK_LUA: &str = r#"
 local function server_check(inc_key, rec_key, candidate)
   local now = server_now()
   if not now then return false, false end
@@ -208,9 +216,11 @@ pub struct Scripts {
 impl Default for Scripts {
     fn default() -> Self {
         Scripts {
-            read: Script::new(&format!("{SERVER_LUA}{READ_LUA}")),
-            fill: Script::new(&format!("{SERVER_LUA}{FILL_LUA}")),
-            check: Script::new(&format!("{SERVER_LUA}{CHECK_LUA}")),
+            read: Script::new(&format!("{SERVER_NOW_LUA}{CREATE_LUA}{READ_LUA}")),
+            fill: Script::new(&format!("{SERVER_NOW_LUA}{SERVER_CHECK_LUA}{FILL_LUA}")),
+            check: Script::new(&format!(
+                "{SERVER_NOW_LUA}{CREATE_LUA}{SERVER_CHECK_LUA}{CHECK_LUA}"
+            )),
             release: Script::new(RELEASE_LUA),
             invalidate: Script::new(INVALIDATE_LUA),
             bump: Script::new(BUMP_LUA),

@@ -23,7 +23,7 @@ mod types;
 
 use incarnation::{candidate as new_incarnation, cause_from_script, Incarnation};
 use types::Owed;
-pub use types::{Deletion, Dropped, Fill, L2Read, Lease, Marker, RemoteConfig};
+pub use types::{Deletion, Dropped, L2Read, Lease, Marker, RemoteConfig};
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -124,6 +124,11 @@ impl Remote {
             && !self.has_pending.load(Ordering::Acquire)
     }
 
+    /// True while invalidations (or a reset) that could not reach Redis are owed to it.
+    pub fn owes(&self) -> bool {
+        self.has_pending.load(Ordering::Acquire)
+    }
+
     /// Holds back (or lets go) every check of the server. For tests.
     #[doc(hidden)]
     pub fn hold_checks(&self, held: bool) {
@@ -145,11 +150,6 @@ impl Remote {
         self.keys.lease(key.as_str())
     }
 
-    /// Full Redis key of a value (tests and admin tooling look at Redis directly).
-    pub fn redis_key(&self, key: &CacheKey) -> String {
-        self.value_key(key)
-    }
-
     /// One guarded Redis call (timeout, breaker, metrics).
     async fn run<T, F>(&self, op: RedisOp, fut: F) -> Result<T, CacheError>
     where
@@ -162,10 +162,15 @@ impl Remote {
         Ok(self.redis.conn()?)
     }
 
-    /// The fences a value depends on, in the order the scripts and `L2Read::tokens` use: its
-    /// key, its kind, then one per tag.
-    fn fence_keys(&self, inv: &mut redis::ScriptInvocation<'_>, key: &CacheKey, tags: &[Tag]) {
-        inv.key(self.keys.fence(key.as_str()))
+    /// The keys the read and fill scripts share, in their order: the value, its lease, the
+    /// incarnation, the server record, then the fences the value depends on (its key, its kind,
+    /// one per tag; the order of `L2Read::tokens`).
+    fn value_keys(&self, inv: &mut redis::ScriptInvocation<'_>, key: &CacheKey, tags: &[Tag]) {
+        inv.key(self.value_key(key))
+            .key(self.lease_key(key))
+            .key(self.keys.incarnation())
+            .key(self.keys.server())
+            .key(self.keys.fence(key.as_str()))
             .key(self.keys.kind_fence(key.kind()));
         for t in tags {
             inv.key(self.keys.tag_fence(&t.name()));
@@ -183,11 +188,7 @@ impl Remote {
         let mut conn = self.conn()?;
         let at = Instant::now();
         let mut inv = self.scripts.read.prepare_invoke();
-        inv.key(self.value_key(key))
-            .key(self.lease_key(key))
-            .key(self.keys.incarnation())
-            .key(self.keys.server());
-        self.fence_keys(&mut inv, key, tags);
+        self.value_keys(&mut inv, key, tags);
         let (token, ttl) = lease.unwrap_or(("", Duration::ZERO));
         let candidate = new_incarnation();
         inv.arg(token)
@@ -281,7 +282,7 @@ impl Remote {
 
     /// Stores `payload` if the namespace is in the incarnation `read` saw and no invalidation
     /// moved the fences since, and releases the lease if this load held it. A `read` older than
-    /// [`MAX_FILL_AGE`] is not sent (a fence bumped since may have expired).
+    /// [`MAX_FILL_AGE`] is not sent (a fence bumped since may have expired). True if stored.
     pub async fn fill(
         &self,
         key: &CacheKey,
@@ -289,18 +290,14 @@ impl Remote {
         read: &L2Read,
         payload: &[u8],
         ttl: Duration,
-    ) -> Result<Fill, CacheError> {
+    ) -> Result<bool, CacheError> {
         if read.at.elapsed() > MAX_FILL_AGE {
             self.release(key, &read.lease).await;
-            return Ok(Fill::Fenced);
+            return Ok(false);
         }
         let mut conn = self.conn()?;
         let mut inv = self.scripts.fill.prepare_invoke();
-        inv.key(self.value_key(key))
-            .key(self.lease_key(key))
-            .key(self.keys.incarnation())
-            .key(self.keys.server());
-        self.fence_keys(&mut inv, key, tags);
+        self.value_keys(&mut inv, key, tags);
         for t in tags {
             inv.key(self.keys.tag_members(&t.name()));
         }
@@ -319,13 +316,14 @@ impl Remote {
         }
         let out: redis::Value = self.run(RedisOp::Fill, inv.invoke_async(&mut conn)).await?;
         Ok(match out {
-            redis::Value::Int(1) => Fill::Stored,
+            redis::Value::Int(1) => true,
+            // Refused, and the server had changed: the script rotated the incarnation.
             redis::Value::BulkString(reason) => {
-                let cause = cause_from_script(&reason);
-                self.incarnation.made(&candidate, cause);
-                Fill::Reset(cause)
+                self.incarnation
+                    .made(&candidate, cause_from_script(&reason));
+                false
             }
-            _ => Fill::Fenced,
+            _ => false,
         })
     }
 
@@ -533,8 +531,8 @@ impl Remote {
         Ok(())
     }
 
-    /// One health probe: connects if never connected, else PINGs over the data connection
-    /// through the breaker (skipped while open; the half-open probe once the pause is over), so
+    /// One health probe: connects if never connected, else checks the server over the data
+    /// connection through the breaker (skipped while open; the half-open probe once the pause is over), so
     /// a Redis that fails without traffic is noticed and a recovered one is closed again.
     pub async fn probe(&self) -> bool {
         if !self.redis.is_connected() {

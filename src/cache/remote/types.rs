@@ -44,16 +44,6 @@ pub struct L2Read {
     pub at: Instant,
 }
 
-/// What became of a fill.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Fill {
-    Stored,
-    /// Refused: an invalidation moved a fence, or the incarnation is not the one read.
-    Fenced,
-    /// Refused, and the fill found the server changed and reset the namespace (the cause).
-    Reset(ResetCause),
-}
-
 /// Work that could not reach Redis and is retried until it does; L2 is bypassed meanwhile.
 #[derive(Debug, Clone)]
 pub(super) enum Owed {

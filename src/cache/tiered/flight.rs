@@ -12,7 +12,7 @@ use super::{Flight, LoadFuture, Lookup, Progress, Tiered};
 use crate::cache::entry::{now_ms, Entry, Loaded};
 use crate::cache::keys::{CacheKey, Policy, Tag};
 use crate::cache::local::Fence;
-use crate::cache::remote::{Fill, Lease, Remote};
+use crate::cache::remote::{Lease, Remote};
 use crate::cache::{CacheError, CacheStatus};
 use crate::labels::{FillOutcome, Kind, LeaseOutcome, Tier};
 
@@ -166,7 +166,7 @@ impl Tiered {
             let filled = remote.fill(key, tags, read, &entry.encode(), life).await;
             self.sync_resets();
             match filled {
-                Ok(fill) => self.count_fill(kind, Tier::L2, fill == Fill::Stored),
+                Ok(stored) => self.count_fill(kind, Tier::L2, stored),
                 Err(e) => {
                     self.metrics.fill(kind, Tier::L2, FillOutcome::Error);
                     tracing::debug!(error = %e, key = %key, "redis fill failed");
