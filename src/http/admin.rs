@@ -180,9 +180,9 @@ pub(super) async fn invalidate(
     .into_response())
 }
 
-/// `POST /admin/flush`: every instance's L1 and this namespace in Redis.
+/// `POST /admin/flush`: every instance's L1 and every cached value of this namespace in Redis.
 #[utoipa::path(post, path = "/admin/flush", tag = "admin",
-    description = "Empties every instance's L1 and this namespace in Redis (not the whole Redis).",
+    description = "Empties every instance's L1 and removes every cached value of this namespace in Redis (not the whole Redis); `redis_keys_removed` counts the values. Fences and other bookkeeping keys are kept until they expire: a fence moved after the flush must stay.",
     security(("admin_token" = [])),
     responses(
         (status = 200, description = "Flushed", body = Object),
