@@ -46,6 +46,22 @@ labels! {
 }
 
 labels! {
+    /// The lookup routes, by their route template (the `route` label of the HTTP metrics):
+    /// the hot path the front door answers without the router.
+    LookupRoute {
+        OrgById => "/v1/organizations/{id}",
+        OrgByPhone => "/v1/organizations/by-phone/{phone}",
+        LeadById => "/v1/leads/{id}",
+        LeadByPhone => "/v1/leads/by-phone/{phone}",
+        Context => "/v1/leads/{id}/context",
+        Summary => "/v1/leads/{id}/summary",
+        Greeting => "/v1/leads/{id}/greeting",
+        History => "/v1/leads/{id}/history",
+        Initiation => "/v1/calls/initiation",
+    }
+}
+
+labels! {
     /// Where an answer came from: the `x-cache` header.
     CacheStatus {
         HitL1 => "HIT-L1",
@@ -295,6 +311,7 @@ mod tests {
             assert_eq!(labels.len(), all.len());
         }
         check(&Kind::ALL, Kind::index, Kind::as_str);
+        check(&LookupRoute::ALL, LookupRoute::index, LookupRoute::as_str);
         check(&CacheStatus::ALL, CacheStatus::index, CacheStatus::as_str);
         check(
             &LookupResult::ALL,

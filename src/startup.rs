@@ -2,7 +2,7 @@
 //! (port 0 allowed), so tests boot the real thing; `run_until_stopped` serves until SIGTERM or
 //! Ctrl-C, then drains.
 
-use std::future::{Future, IntoFuture};
+use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -224,16 +224,16 @@ impl Application {
             settings.server.listen.ip()
         );
 
-        let router = http::router(state.clone(), settings.server.body_limit_bytes);
+        let front = http::Front::new(state.clone(), settings.server.body_limit_bytes);
         // Two signals: the server stops accepting first; background tasks stop after the
         // in-flight requests are done (a finishing write still publishes to its peers).
         let (stop_serving, mut serving) = Shutdown::new();
-        let server = axum::serve(listener, router).with_graceful_shutdown(async move {
+        let server = http::serve(listener, front, async move {
             serving.recv().await;
         });
         let grace = settings.server.shutdown_grace;
         let drain_delay = settings.server.drain_delay;
-        let mut server = std::pin::pin!(server.into_future());
+        let mut server = std::pin::pin!(server);
         tokio::select! {
             res = &mut server => res?,
             _ = stop => {

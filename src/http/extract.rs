@@ -1,9 +1,10 @@
 //! Extractors that turn raw request parts into domain values, answering the JSON error shape
 //! (never axum's plain-text rejections) when they cannot.
 
+use std::borrow::Cow;
 use std::str::FromStr;
 
-use axum::extract::{FromRequest, FromRequestParts, Path, Query, Request};
+use axum::extract::{FromRequest, FromRequestParts, Path, Request};
 use axum::http::request::Parts;
 use axum::http::{header, HeaderMap, HeaderValue};
 
@@ -41,10 +42,14 @@ where
 
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
         let Path(raw) = Path::<String>::from_request_parts(parts, state).await?;
-        raw.parse::<T>()
-            .map(PathId)
-            .map_err(|e| ApiError::bad_request("invalid_id", e.0))
+        parse_id(&raw).map(PathId)
     }
+}
+
+/// A domain id from its path segment, or the `invalid_id` error.
+pub(crate) fn parse_id<T: FromStr<Err = ParseError>>(raw: &str) -> Result<T, ApiError> {
+    raw.parse::<T>()
+        .map_err(|e| ApiError::bad_request("invalid_id", e.0))
 }
 
 /// The raw path parameter (for phone numbers, parsed by the handler with the region).
@@ -59,24 +64,30 @@ impl<S: Send + Sync> FromRequestParts<S> for PathText {
     }
 }
 
-/// Query-string pairs, decoded; the first occurrence of a name wins.
-pub(crate) struct QueryPairs(Vec<(String, String)>);
+/// The query string, decoded pair by pair on demand (`application/x-www-form-urlencoded`, as
+/// axum's `Query` decodes it: `+` is a space); the first occurrence of a name wins.
+pub(crate) struct QueryPairs<'a>(Cow<'a, str>);
 
-impl QueryPairs {
-    pub(crate) fn get(&self, name: &str) -> Option<&str> {
-        self.0
-            .iter()
+impl<'a> QueryPairs<'a> {
+    /// The pairs of a raw query string (`None`: no query).
+    pub(crate) fn of(query: Option<&'a str>) -> Self {
+        QueryPairs(Cow::Borrowed(query.unwrap_or("")))
+    }
+
+    pub(crate) fn get(&self, name: &str) -> Option<Cow<'_, str>> {
+        form_urlencoded::parse(self.0.as_bytes())
             .find(|(k, _)| k == name)
-            .map(|(_, v)| v.as_str())
+            .map(|(_, v)| v)
     }
 }
 
-impl<S: Send + Sync> FromRequestParts<S> for QueryPairs {
+impl<S: Send + Sync> FromRequestParts<S> for QueryPairs<'static> {
     type Rejection = ApiError;
 
-    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
-        let Query(pairs) = Query::<Vec<(String, String)>>::from_request_parts(parts, state).await?;
-        Ok(QueryPairs(pairs))
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        Ok(QueryPairs(Cow::Owned(
+            parts.uri.query().unwrap_or("").to_owned(),
+        )))
     }
 }
 

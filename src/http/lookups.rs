@@ -5,11 +5,12 @@ use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 
 use super::error::{ApiError, ErrorBody};
-use super::extract::{Conditions, PathId, PathText, QueryPairs};
+use super::extract::{parse_id, Conditions, PathText, QueryPairs};
 use super::AppState;
 use crate::answers::{Context, Greeting, History, Summary};
-use crate::cache::{now_ms, CacheStatus, Lookup};
-use crate::domain::{Channel, Lead, LeadId, OrgId, Organization, PhoneNumber};
+use crate::cache::{now_ms, CacheStatus, Lookup, Mode};
+use crate::domain::{Channel, Lead, OrgId, Organization, PhoneNumber};
+use crate::labels::LookupRoute;
 
 const X_CACHE: &str = "x-cache";
 
@@ -68,7 +69,7 @@ fn phone_param(state: &AppState, raw: &str) -> Result<PhoneNumber, ApiError> {
 
 fn phone_query(
     state: &AppState,
-    q: &QueryPairs,
+    q: &QueryPairs<'_>,
     name: &'static str,
 ) -> Result<PhoneNumber, ApiError> {
     let raw = q.get(name).ok_or_else(|| {
@@ -79,11 +80,11 @@ fn phone_query(
     })?;
     state
         .phones
-        .parse_query_value(raw)
+        .parse_query_value(&raw)
         .map_err(|e| ApiError::bad_request("invalid_phone", format!("{name}: {e}")))
 }
 
-fn channel_query(q: &QueryPairs) -> Result<Channel, ApiError> {
+fn channel_query(q: &QueryPairs<'_>) -> Result<Channel, ApiError> {
     match q.get("channel") {
         None => Ok(Channel::Voice),
         Some(raw) => raw
@@ -93,7 +94,7 @@ fn channel_query(q: &QueryPairs) -> Result<Channel, ApiError> {
 }
 
 fn u32_query(
-    q: &QueryPairs,
+    q: &QueryPairs<'_>,
     name: &'static str,
     default: u32,
     range: std::ops::RangeInclusive<u32>,
@@ -126,6 +127,86 @@ fn org_missing() -> ApiError {
     )
 }
 
+/// Answers one lookup route: `param` is its decoded path parameter ("" for initiation), `q` its
+/// query. The router's handlers below and the front door's hot path both come here.
+pub(super) async fn answer(
+    state: &AppState,
+    route: LookupRoute,
+    param: &str,
+    q: &QueryPairs<'_>,
+    conditions: &Conditions,
+) -> Result<Response, ApiError> {
+    let (answers, mode) = (&state.answers, conditions.mode);
+    let (lookup, missing): (Lookup, fn() -> ApiError) = match route {
+        LookupRoute::OrgById => (
+            answers.org_by_id(parse_id(param)?, mode).await?,
+            org_missing,
+        ),
+        LookupRoute::OrgByPhone => {
+            let phone = phone_param(state, param)?;
+            (answers.org_by_phone(&phone, mode).await?, org_missing)
+        }
+        LookupRoute::LeadById => (
+            answers.lead_by_id(parse_id(param)?, mode).await?,
+            lead_missing,
+        ),
+        LookupRoute::LeadByPhone => {
+            let phone = phone_param(state, param)?;
+            let org = org_query(q)?;
+            (
+                answers.lead_by_phone(&phone, org, mode).await?,
+                lead_missing,
+            )
+        }
+        LookupRoute::Context => (answers.context(parse_id(param)?, mode).await?, lead_missing),
+        LookupRoute::Summary => (answers.summary(parse_id(param)?, mode).await?, lead_missing),
+        LookupRoute::Greeting => {
+            let id = parse_id(param)?;
+            let channel = channel_query(q)?;
+            (answers.greeting(id, channel, mode).await?, lead_missing)
+        }
+        LookupRoute::History => {
+            let id = parse_id(param)?;
+            let limit = u32_query(q, "limit", 20, 1..=100)?;
+            let offset = u32_query(q, "offset", 0, 0..=100_000)?;
+            (
+                answers.history(id, limit, offset, mode).await?,
+                lead_missing,
+            )
+        }
+        LookupRoute::Initiation => return initiation_answer(state, q, mode).await,
+    };
+    Ok(respond(lookup, conditions, missing))
+}
+
+async fn initiation_answer(
+    state: &AppState,
+    q: &QueryPairs<'_>,
+    mode: Mode,
+) -> Result<Response, ApiError> {
+    let caller = phone_query(state, q, "caller")?;
+    let callee = phone_query(state, q, "callee")?;
+    let channel = channel_query(q)?;
+    let Some(init) = state
+        .answers
+        .initiation(&caller, &callee, channel, mode)
+        .await?
+    else {
+        return Err(org_missing());
+    };
+    let mut res = Response::new(axum::body::Body::from(init.body()));
+    status_headers(&mut res, init.status(), init.age_secs(now_ms()));
+    let h = res.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    if let Ok(v) = HeaderValue::from_str(&init.detail()) {
+        h.insert("x-cache-detail", v);
+    }
+    Ok(res)
+}
+
 // ---- routes ---------------------------------------------------------------------------------
 
 #[utoipa::path(
@@ -145,11 +226,17 @@ fn org_missing() -> ApiError {
 )]
 pub(super) async fn org_by_id(
     state: axum::extract::State<AppState>,
-    PathId(id): PathId<OrgId>,
+    PathText(raw): PathText,
     conditions: Conditions,
 ) -> Result<Response, ApiError> {
-    let lookup = state.answers.org_by_id(id, conditions.mode).await?;
-    Ok(respond(lookup, &conditions, org_missing))
+    answer(
+        &state,
+        LookupRoute::OrgById,
+        &raw,
+        &QueryPairs::of(None),
+        &conditions,
+    )
+    .await
 }
 
 #[utoipa::path(
@@ -172,9 +259,14 @@ pub(super) async fn org_by_phone(
     PathText(raw): PathText,
     conditions: Conditions,
 ) -> Result<Response, ApiError> {
-    let phone = phone_param(&state, &raw)?;
-    let lookup = state.answers.org_by_phone(&phone, conditions.mode).await?;
-    Ok(respond(lookup, &conditions, org_missing))
+    answer(
+        &state,
+        LookupRoute::OrgByPhone,
+        &raw,
+        &QueryPairs::of(None),
+        &conditions,
+    )
+    .await
 }
 
 #[utoipa::path(
@@ -194,14 +286,20 @@ pub(super) async fn org_by_phone(
 )]
 pub(super) async fn lead_by_id(
     state: axum::extract::State<AppState>,
-    PathId(id): PathId<LeadId>,
+    PathText(raw): PathText,
     conditions: Conditions,
 ) -> Result<Response, ApiError> {
-    let lookup = state.answers.lead_by_id(id, conditions.mode).await?;
-    Ok(respond(lookup, &conditions, lead_missing))
+    answer(
+        &state,
+        LookupRoute::LeadById,
+        &raw,
+        &QueryPairs::of(None),
+        &conditions,
+    )
+    .await
 }
 
-fn org_query(q: &QueryPairs) -> Result<OrgId, ApiError> {
+fn org_query(q: &QueryPairs<'_>) -> Result<OrgId, ApiError> {
     let raw = q.get("organization_id").ok_or_else(|| {
         ApiError::bad_request(
             "missing_parameter",
@@ -230,16 +328,10 @@ fn org_query(q: &QueryPairs) -> Result<OrgId, ApiError> {
 pub(super) async fn lead_by_phone(
     state: axum::extract::State<AppState>,
     PathText(raw): PathText,
-    q: QueryPairs,
+    q: QueryPairs<'static>,
     conditions: Conditions,
 ) -> Result<Response, ApiError> {
-    let phone = phone_param(&state, &raw)?;
-    let org = org_query(&q)?;
-    let lookup = state
-        .answers
-        .lead_by_phone(&phone, org, conditions.mode)
-        .await?;
-    Ok(respond(lookup, &conditions, lead_missing))
+    answer(&state, LookupRoute::LeadByPhone, &raw, &q, &conditions).await
 }
 
 #[utoipa::path(
@@ -259,11 +351,17 @@ pub(super) async fn lead_by_phone(
 )]
 pub(super) async fn context(
     state: axum::extract::State<AppState>,
-    PathId(id): PathId<LeadId>,
+    PathText(raw): PathText,
     conditions: Conditions,
 ) -> Result<Response, ApiError> {
-    let lookup = state.answers.context(id, conditions.mode).await?;
-    Ok(respond(lookup, &conditions, lead_missing))
+    answer(
+        &state,
+        LookupRoute::Context,
+        &raw,
+        &QueryPairs::of(None),
+        &conditions,
+    )
+    .await
 }
 
 #[utoipa::path(
@@ -283,11 +381,17 @@ pub(super) async fn context(
 )]
 pub(super) async fn summary(
     state: axum::extract::State<AppState>,
-    PathId(id): PathId<LeadId>,
+    PathText(raw): PathText,
     conditions: Conditions,
 ) -> Result<Response, ApiError> {
-    let lookup = state.answers.summary(id, conditions.mode).await?;
-    Ok(respond(lookup, &conditions, lead_missing))
+    answer(
+        &state,
+        LookupRoute::Summary,
+        &raw,
+        &QueryPairs::of(None),
+        &conditions,
+    )
+    .await
 }
 
 #[utoipa::path(
@@ -307,13 +411,11 @@ pub(super) async fn summary(
 )]
 pub(super) async fn greeting(
     state: axum::extract::State<AppState>,
-    PathId(id): PathId<LeadId>,
-    q: QueryPairs,
+    PathText(raw): PathText,
+    q: QueryPairs<'static>,
     conditions: Conditions,
 ) -> Result<Response, ApiError> {
-    let channel = channel_query(&q)?;
-    let lookup = state.answers.greeting(id, channel, conditions.mode).await?;
-    Ok(respond(lookup, &conditions, lead_missing))
+    answer(&state, LookupRoute::Greeting, &raw, &q, &conditions).await
 }
 
 #[utoipa::path(
@@ -333,17 +435,11 @@ pub(super) async fn greeting(
 )]
 pub(super) async fn history(
     state: axum::extract::State<AppState>,
-    PathId(id): PathId<LeadId>,
-    q: QueryPairs,
+    PathText(raw): PathText,
+    q: QueryPairs<'static>,
     conditions: Conditions,
 ) -> Result<Response, ApiError> {
-    let limit = u32_query(&q, "limit", 20, 1..=100)?;
-    let offset = u32_query(&q, "offset", 0, 0..=100_000)?;
-    let lookup = state
-        .answers
-        .history(id, limit, offset, conditions.mode)
-        .await?;
-    Ok(respond(lookup, &conditions, lead_missing))
+    answer(&state, LookupRoute::History, &raw, &q, &conditions).await
 }
 
 /// The error answers every cached lookup can give (for the OpenAPI document).
@@ -402,28 +498,8 @@ struct Initiation {
 )]
 pub(super) async fn initiation(
     state: axum::extract::State<AppState>,
-    q: QueryPairs,
+    q: QueryPairs<'static>,
     conditions: Conditions,
 ) -> Result<Response, ApiError> {
-    let caller = phone_query(&state, &q, "caller")?;
-    let callee = phone_query(&state, &q, "callee")?;
-    let channel = channel_query(&q)?;
-    let Some(init) = state
-        .answers
-        .initiation(&caller, &callee, channel, conditions.mode)
-        .await?
-    else {
-        return Err(org_missing());
-    };
-    let mut res = Response::new(axum::body::Body::from(init.body()));
-    status_headers(&mut res, init.status(), init.age_secs(now_ms()));
-    let h = res.headers_mut();
-    h.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
-    if let Ok(v) = HeaderValue::from_str(&init.detail()) {
-        h.insert("x-cache-detail", v);
-    }
-    Ok(res)
+    answer(&state, LookupRoute::Initiation, "", &q, &conditions).await
 }

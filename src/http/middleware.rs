@@ -8,7 +8,7 @@ use axum::http::{header, HeaderValue, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 
-use super::request_id::{request_id, REQUEST_ID};
+use super::request_id::request_id;
 use super::{ApiError, AppState};
 use crate::metrics::Metrics;
 
@@ -59,58 +59,56 @@ pub(super) async fn require_token(
     }
 }
 
-/// Counts and times every request by matched route, method and status, and sheds load: an API
-/// request that finds `server.max_concurrency` others in flight is answered 503 with
-/// `Retry-After` at once instead of queueing without bound (health and metrics always answer).
-/// One middleware for both, since every layer costs on the hot path.
+/// Counts and times every request the router answers by matched route, method and status, and
+/// sheds load: an API request that finds `server.max_concurrency` others in flight is answered
+/// 503 with `Retry-After` at once instead of queueing without bound (health and metrics always
+/// answer). One middleware for both, since every layer costs; the front door does the same for
+/// the lookups it answers itself.
 pub(super) async fn track(State(state): State<AppState>, req: Request, next: Next) -> Response {
     let started = Instant::now();
     let route = req.extensions().get::<MatchedPath>().cloned();
     let route = route.as_ref().map_or("unmatched", MatchedPath::as_str);
     let method = req.method().clone();
-    // The request's log lines carry its id (the caller's x-request-id, or a new one). A
-    // task-local, not a span: an INFO span per request cost a quarter of an L1 hit's CPU.
-    let id = req
-        .headers()
-        .get("x-request-id")
-        .cloned()
-        .unwrap_or_else(|| HeaderValue::from_static(""));
-    let res = async {
-        if route.starts_with("/v1/") {
-            match state.limiter.clone().try_acquire_owned() {
-                Ok(_permit) => {
-                    state.metrics.in_flight.inc();
-                    let _counted = InFlight(&state.metrics);
-                    next.run(req).await
-                }
-                Err(_) => {
-                    state.metrics.overload_rejections.inc();
-                    ApiError::new(
-                        StatusCode::SERVICE_UNAVAILABLE,
-                        "overloaded",
-                        "Too many requests are in flight; retry shortly.",
-                    )
-                    .into_response()
-                }
+    let res = if route.starts_with("/v1/") {
+        match state.limiter.try_acquire() {
+            Ok(_permit) => {
+                state.metrics.in_flight.inc();
+                let _counted = InFlight(&state.metrics);
+                next.run(req).await
             }
-        } else {
-            next.run(req).await
+            Err(_) => overloaded(&state),
         }
+    } else {
+        next.run(req).await
     };
-    let res = REQUEST_ID.scope(id, res).await;
-    let status = res.status();
-    let labels = [route, method.as_str(), status.as_str()];
-    state.metrics.http_requests.with_label_values(&labels).inc();
-    state
-        .metrics
-        .http_duration
-        .with_label_values(&labels)
-        .observe(started.elapsed().as_secs_f64());
+    state.metrics.http_request(
+        route,
+        method.as_str(),
+        res.status().as_str(),
+        started.elapsed().as_secs_f64(),
+    );
     res
 }
 
+/// The answer to a request refused for load (counted).
+pub(super) fn overloaded(state: &AppState) -> Response {
+    state.metrics.overload_rejections.inc();
+    ApiError::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "overloaded",
+        "Too many requests are in flight; retry shortly.",
+    )
+    .into_response()
+}
+
+/// The answer when a handler panicked: the process goes on, the client gets the JSON shape.
+pub(super) fn panicked() -> Response {
+    tracing::error!("a handler panicked");
+    ApiError::internal().into_response()
+}
+
 /// Keeps the in-flight gauge right even if the handler is dropped mid-request.
-struct InFlight<'a>(&'a Metrics);
+pub(super) struct InFlight<'a>(pub(super) &'a Metrics);
 
 impl Drop for InFlight<'_> {
     fn drop(&mut self) {

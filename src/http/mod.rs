@@ -4,6 +4,7 @@
 mod admin;
 mod error;
 mod extract;
+mod front;
 mod lookups;
 mod middleware;
 /// The OpenAPI document (`/openapi.json`).
@@ -17,15 +18,14 @@ use std::sync::Arc;
 
 use axum::extract::DefaultBodyLimit;
 use axum::http::StatusCode;
-use axum::response::IntoResponse;
 use axum::routing::{get, patch, post};
 use axum::Router;
 use tower_http::catch_panic::CatchPanicLayer;
-use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 
 pub use error::ApiError;
 #[doc(hidden)]
 pub use extract::Conditions;
+pub use front::{serve, Front};
 /// The answer for one cached lookup (exposed for the micro-benchmarks).
 #[doc(hidden)]
 pub use lookups::respond;
@@ -77,8 +77,9 @@ impl std::ops::Deref for AppState {
     }
 }
 
-/// Builds the router. `body_limit` bounds every request body.
-pub fn router(state: AppState, body_limit: usize) -> Router {
+/// Builds the router behind the [`Front`] door (which gives every answer its `x-request-id`).
+/// `body_limit` bounds every request body.
+pub(crate) fn router(state: AppState, body_limit: usize) -> Router {
     let v1 = Router::new()
         .route("/v1/organizations", post(writes::create_org))
         .route(
@@ -140,19 +141,8 @@ pub fn router(state: AppState, body_limit: usize) -> Router {
         ))
         // A bug must not take the process down or answer without the JSON shape.
         .layer(CatchPanicLayer::custom(
-            |_: Box<dyn std::any::Any + Send>| {
-                tracing::error!("a handler panicked");
-                ApiError::new(
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    "internal_error",
-                    "An internal error occurred.",
-                )
-                .into_response()
-            },
+            |_: Box<dyn std::any::Any + Send>| middleware::panicked(),
         ))
-        // Every answer carries an `x-request-id` (the caller's, or a new UUID).
-        .layer(PropagateRequestIdLayer::x_request_id())
-        .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
         .with_state(state)
 }
 

@@ -3,11 +3,14 @@
 //! start (at zero) and is resolved once, so counting on a hot path does no label hashing. Call
 //! sites use the typed methods below, never a label string.
 
+mod help;
 mod snapshot;
+
+use help::*;
 
 pub use snapshot::{hit_ratio, l1_hit_ratio, quantile, ratio, Counts, Lag, Rates, Snapshot};
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use prometheus::{
     Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
@@ -16,9 +19,12 @@ use prometheus::{
 
 use crate::labels::{
     BreakerState, BusDirection, BusMessage, CacheStatus, Component, FillOutcome, FlushReason, Kind,
-    LeaseOutcome, LookupResult, OutboxAction, PgQuery, RedisOp, ResetCause, Source, StaleReason,
-    Target, Tier,
+    LeaseOutcome, LookupResult, LookupRoute, OutboxAction, PgQuery, RedisOp, ResetCause, Source,
+    StaleReason, Target, Tier,
 };
+
+/// The statuses a lookup route answers most, whose series [`Metrics::lookup_request`] keeps.
+const LOOKUP_STATUSES: [u16; 5] = [200, 304, 400, 404, 503];
 
 /// Latency buckets in seconds, from 50 µs (an L1 hit) to 10 s (a stuck query).
 pub const LATENCY_BUCKETS: &[f64] = &[
@@ -31,6 +37,9 @@ pub struct Metrics {
     registry: Registry,
     pub http_requests: IntCounterVec,
     pub http_duration: HistogramVec,
+    /// Per lookup route, per [`LOOKUP_STATUSES`]: the series of `GET` answers, resolved on first
+    /// use (so that /metrics lists only series that happened).
+    http_lookups: Vec<[OnceLock<(IntCounter, Histogram)>; LOOKUP_STATUSES.len()]>,
     /// Per kind, per [`LookupResult`].
     lookups: Vec<Vec<IntCounter>>,
     /// Per kind, tier, outcome.
@@ -368,6 +377,10 @@ impl Metrics {
             registry: b.0,
             http_requests,
             http_duration,
+            http_lookups: LookupRoute::ALL
+                .iter()
+                .map(|_| std::array::from_fn(|_| OnceLock::new()))
+                .collect(),
             lookups,
             fills,
             fill_duration,
@@ -408,6 +421,37 @@ impl Metrics {
             redis_resets,
             lease_waits,
         })
+    }
+
+    /// Counts and times one answered request.
+    pub fn http_request(&self, route: &str, method: &str, status: &str, seconds: f64) {
+        let labels = [route, method, status];
+        self.http_requests.with_label_values(&labels).inc();
+        self.http_duration
+            .with_label_values(&labels)
+            .observe(seconds);
+    }
+
+    /// Counts and times one `GET` of a lookup route; the common statuses without hashing labels.
+    pub fn lookup_request(
+        &self,
+        route: LookupRoute,
+        status: u16,
+        status_label: &str,
+        seconds: f64,
+    ) {
+        let Some(i) = LOOKUP_STATUSES.iter().position(|s| *s == status) else {
+            return self.http_request(route.as_str(), "GET", status_label, seconds);
+        };
+        let (requests, duration) = self.http_lookups[route.index()][i].get_or_init(|| {
+            let labels = [route.as_str(), "GET", status_label];
+            (
+                self.http_requests.with_label_values(&labels),
+                self.http_duration.with_label_values(&labels),
+            )
+        });
+        requests.inc();
+        duration.observe(seconds);
     }
 
     /// Counts one lookup answered with `status` (a negative entry counts as `negative`).
@@ -522,57 +566,3 @@ impl Metrics {
         buf
     }
 }
-
-// Help texts, one per family (what `# HELP` says).
-const HTTP_REQUESTS: &str = "HTTP requests answered, by matched route, method and status code.";
-const HTTP_DURATION: &str = "Time from request received to response headers ready, by matched route, method and status code.";
-const LOOKUPS: &str = "Cache lookups by kind and result (hit_l1, hit_l2, miss, negative, stale).";
-const FILLS: &str = "Values loaded from Postgres and offered to a cache tier, by kind, tier and outcome (stored, fenced, error).";
-const FILL_DURATION: &str =
-    "Time to load a missing value from Postgres and fill the caches, by kind.";
-const REDIS_OPS: &str = "Redis operations attempted, by command.";
-const REDIS_ERRORS: &str = "Redis operations that failed or timed out, by command.";
-const REDIS_DURATION: &str = "Redis operation latency, by command.";
-const PG_QUERIES: &str = "Postgres queries run, by query name.";
-const PG_ERRORS: &str = "Postgres queries that failed, by query name.";
-const PG_DURATION: &str = "Postgres query latency, by query name.";
-const INVALIDATIONS: &str =
-    "Changes applied to the caches, by source (write, notify, peer, admin).";
-const INVALIDATED: &str =
-    "Keys and tags dropped by invalidations, by tier (l1, l2) and what (key, tag).";
-const COALESCED: &str = "Lookups that waited for another request's load of the same key instead of loading it again, by kind.";
-const STALE_SERVED: &str = "Answers served past their TTL (x-cache: STALE), by kind and reason (error: the refresh failed; slow: it outlived the soft timeout; throttled: a recent refresh failed; busy: another instance is refreshing it).";
-const LOOKUP_TIMEOUTS: &str =
-    "Lookups that reached their deadline with nothing servable (answered 503), by kind.";
-const REFRESHES_AHEAD: &str =
-    "Background refreshes started for hot keys in the last part of their lifetime, by kind.";
-const REFRESH_FAILURES: &str =
-    "Loads from Postgres that failed (unavailable, timed out, pool exhausted), by kind.";
-const PG_POOL_TIMEOUTS: &str = "Postgres queries that found no free connection within the acquire timeout (pool exhausted or Postgres unreachable).";
-const OVERLOAD: &str =
-    "Requests answered 503 with Retry-After because the concurrency limit was reached.";
-const ADMIN_AUTH: &str = "Requests to /admin refused for a missing or wrong bearer token (401).";
-const COMPONENT: &str = "1 if a component is switched on by configuration (l1, redis, listener, bus, admin), else 0; alerts on a component being down only apply when it is on.";
-const IN_FLIGHT: &str = "API requests being handled now (bounded by server.max_concurrency).";
-const L1_ENTRIES: &str = "Entries held in the in-process cache (L1).";
-const L1_BYTES: &str =
-    "Approximate bytes held in the in-process cache (L1), as weighed against its bound.";
-const REDIS_UP: &str = "1 if Redis is enabled and answering, else 0.";
-const POSTGRES_UP: &str = "1 if Postgres is answering, else 0.";
-const BREAKER: &str =
-    "The Redis circuit breaker: 0 closed, 1 half-open (probing), 2 open (Redis skipped).";
-const BREAKER_TRANSITIONS: &str =
-    "Redis circuit breaker transitions, by the state entered (closed, half_open, open).";
-const REDIS_SKIPPED: &str = "Redis operations not attempted because the circuit breaker was open.";
-const INVALIDATION_LAG: &str = "Time from a change's commit to its invalidation applied on this instance, by source (write, notify, peer).";
-const OUTBOX_BACKLOG: &str = "Outbox rows committed in Postgres that this instance's change listener has not applied yet (newest id minus last applied id).";
-const OUTBOX_ROWS: &str = "Outbox rows read by the change listener, by action (applied; own_write: this instance's write route had already applied it; already_applied: another instance had already dropped it from Redis).";
-const LISTENER_UP: &str =
-    "1 while the Postgres change listener is connected and caught up, else 0.";
-const BUS_UP: &str = "1 while this instance is subscribed to the peer invalidation bus and hears its own heartbeats, else 0.";
-const BUS_MESSAGES: &str = "Peer invalidation bus messages, by direction (sent, received) and kind (invalidation, heartbeat).";
-const BUS_GAPS: &str =
-    "Gaps seen in a peer's message sequence (a message was lost); each flushes L1.";
-const L1_FLUSHES: &str = "Times the whole L1 was dropped, by reason (bus_gap, bus_resubscribe, listener_gap, admin, redis_reset).";
-const REDIS_RESETS: &str = "Times the Redis namespace got a new incarnation (fills in flight refused, values voided, L1 dropped), made or seen by this instance, by cause (admin, listener_gap, state_lost, server_changed, evictions, observed).";
-const LEASE_WAITS: &str = "Lookups that found another load holding the key's fill lease and waited, by outcome (filled: its value arrived; released: it gave up, we loaded; timeout: we stopped waiting and loaded).";
