@@ -42,6 +42,29 @@ impl fmt::Display for Kind {
     }
 }
 
+const UUID_LEN: usize = 36;
+
+/// A key's text, built to its exact length without the formatting machinery (a key is built on
+/// every lookup; `format!` was a twentieth of an L1 hit).
+struct Text(String);
+
+impl Text {
+    fn new(prefix: &str, rest: usize) -> Self {
+        let mut s = String::with_capacity(prefix.len() + rest);
+        s.push_str(prefix);
+        Text(s)
+    }
+    fn str(mut self, part: &str) -> Self {
+        self.0.push_str(part);
+        self
+    }
+    fn id(mut self, id: uuid::Uuid) -> Self {
+        self.0
+            .push_str(id.hyphenated().encode_lower(&mut [0u8; UUID_LEN]));
+        self
+    }
+}
+
 /// A cache key: the part after `{namespace}:v1:`, plus its kind and hash.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct CacheKey {
@@ -61,25 +84,34 @@ impl CacheKey {
     }
 
     pub fn lead_by_phone(phone: &PhoneNumber, org: OrgId) -> Self {
-        Self::new(Kind::LeadByPhone, format!("lead:phone:{phone}:{org}"))
+        let text = Text::new("lead:phone:", phone.as_str().len() + 1 + UUID_LEN)
+            .str(phone.as_str())
+            .str(":")
+            .id(org.0);
+        Self::new(Kind::LeadByPhone, text.0)
     }
     pub fn lead_by_id(id: LeadId) -> Self {
-        Self::new(Kind::LeadById, format!("lead:id:{id}"))
+        Self::new(Kind::LeadById, Text::new("lead:id:", UUID_LEN).id(id.0).0)
     }
     pub fn org_by_phone(phone: &PhoneNumber) -> Self {
-        Self::new(Kind::OrgByPhone, format!("org:phone:{phone}"))
+        let text = Text::new("org:phone:", phone.as_str().len()).str(phone.as_str());
+        Self::new(Kind::OrgByPhone, text.0)
     }
     pub fn org_by_id(id: OrgId) -> Self {
-        Self::new(Kind::OrgById, format!("org:id:{id}"))
+        Self::new(Kind::OrgById, Text::new("org:id:", UUID_LEN).id(id.0).0)
     }
     pub fn context(lead: LeadId) -> Self {
-        Self::new(Kind::Context, format!("context:{lead}"))
+        Self::new(Kind::Context, Text::new("context:", UUID_LEN).id(lead.0).0)
     }
     pub fn summary(lead: LeadId) -> Self {
-        Self::new(Kind::Summary, format!("summary:{lead}"))
+        Self::new(Kind::Summary, Text::new("summary:", UUID_LEN).id(lead.0).0)
     }
     pub fn greeting(lead: LeadId, channel: Channel) -> Self {
-        Self::new(Kind::Greeting, format!("greeting:{lead}:{channel}"))
+        let text = Text::new("greeting:", UUID_LEN + 1 + channel.as_str().len())
+            .id(lead.0)
+            .str(":")
+            .str(channel.as_str());
+        Self::new(Kind::Greeting, text.0)
     }
     pub fn history(lead: LeadId, limit: u32, offset: u32) -> Self {
         Self::new(Kind::History, format!("history:{lead}:{limit}:{offset}"))

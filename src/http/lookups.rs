@@ -1,7 +1,7 @@
 //! Lookup routes: each parses its input, asks [`Answers`](crate::answers::Answers) for the
 //! lookup, and answers the cached bytes with `x-cache`, `age` and `ETag`.
 
-use axum::http::{header, HeaderValue, StatusCode};
+use axum::http::{header, HeaderMap, HeaderName, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 
 use super::error::{ApiError, ErrorBody};
@@ -12,7 +12,8 @@ use crate::cache::{now_ms, CacheStatus, Lookup, Mode};
 use crate::domain::{Channel, Lead, OrgId, Organization, PhoneNumber};
 use crate::labels::LookupRoute;
 
-const X_CACHE: &str = "x-cache";
+const X_CACHE: HeaderName = HeaderName::from_static("x-cache");
+const X_CACHE_DETAIL: HeaderName = HeaderName::from_static("x-cache-detail");
 
 /// RFC 7234's warning 110, on answers served past their TTL because Postgres could not refresh
 /// them in time.
@@ -45,6 +46,8 @@ pub fn respond(
         StatusCode::NOT_MODIFIED.into_response()
     } else {
         let mut r = Response::new(axum::body::Body::from(entry.body.clone()));
+        // Room for every header of the answer at once (the front door adds x-request-id).
+        *r.headers_mut() = HeaderMap::with_capacity(6);
         r.headers_mut().insert(
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/json"),
@@ -202,7 +205,7 @@ async fn initiation_answer(
         HeaderValue::from_static("application/json"),
     );
     if let Ok(v) = HeaderValue::from_str(&init.detail()) {
-        h.insert("x-cache-detail", v);
+        h.insert(X_CACHE_DETAIL, v);
     }
     Ok(res)
 }

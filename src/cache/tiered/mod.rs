@@ -261,7 +261,6 @@ impl Tiered {
                 status: CacheStatus::Bypass,
             });
         }
-        let started = Instant::now();
         let mut stale = None;
         if let Some(hit) = self.local.get(key).await {
             let now = now_ms();
@@ -283,6 +282,7 @@ impl Tiered {
                 return Ok(self.serve_stale(kind, s.clone(), StaleReason::Throttled));
             }
         }
+        let started = Instant::now();
         let soft_at = started + self.fail_safe.soft_timeout;
         let hard_at = started + self.fail_safe.deadline;
         let mut load = Some(load);
