@@ -72,17 +72,20 @@ impl Initiation {
 
     /// Each part's status (`x-cache-detail`).
     pub fn detail(&self) -> String {
-        let mut detail = format!(
-            "organization={}, lead={}",
-            self.organization.status.as_str(),
-            self.lead.status.as_str()
-        );
+        let mut detail = String::with_capacity(80);
+        let mut part = |name: &str, l: &Lookup| {
+            if !detail.is_empty() {
+                detail.push_str(", ");
+            }
+            detail.push_str(name);
+            detail.push('=');
+            detail.push_str(l.status.as_str());
+        };
+        part("organization", &self.organization);
+        part("lead", &self.lead);
         if let Some(k) = &self.known {
-            detail.push_str(&format!(
-                ", context={}, greeting={}",
-                k.context.status.as_str(),
-                k.greeting.status.as_str()
-            ));
+            part("context", &k.context);
+            part("greeting", &k.greeting);
         }
         detail
     }

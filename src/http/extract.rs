@@ -74,10 +74,51 @@ impl<'a> QueryPairs<'a> {
         QueryPairs(Cow::Borrowed(query.unwrap_or("")))
     }
 
+    /// The decoded value of the first pair named `name`, decoded by form_urlencoded's rules (`+`
+    /// is a space, `%XX` a byte, a bad escape stays as it is, invalid UTF-8 becomes U+FFFD), but
+    /// only that pair and only if it has escapes.
     pub(crate) fn get(&self, name: &str) -> Option<Cow<'_, str>> {
-        form_urlencoded::parse(self.0.as_bytes())
-            .find(|(k, _)| k == name)
-            .map(|(_, v)| v)
+        let value = self
+            .0
+            .split('&')
+            .filter(|pair| !pair.is_empty())
+            .find_map(|pair| {
+                let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+                (form_decode(key) == name).then_some(value)
+            })?;
+        Some(form_decode(value))
+    }
+}
+
+/// One `application/x-www-form-urlencoded` name or value, decoded (borrowed when it has no
+/// escapes, which is the common case).
+fn form_decode(raw: &str) -> Cow<'_, str> {
+    if !raw.bytes().any(|b| b == b'%' || b == b'+') {
+        return Cow::Borrowed(raw);
+    }
+    let hex = |b: u8| (b as char).to_digit(16).map(|d| d as u8);
+    let bytes = raw.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let b = bytes[i];
+        let escape = (b == b'%')
+            .then(|| Some(hex(*bytes.get(i + 1)?)? << 4 | hex(*bytes.get(i + 2)?)?))
+            .flatten();
+        match (b, escape) {
+            (_, Some(decoded)) => {
+                out.push(decoded);
+                i += 3;
+                continue;
+            }
+            (b'+', _) => out.push(b' '),
+            _ => out.push(b),
+        }
+        i += 1;
+    }
+    match String::from_utf8(out) {
+        Ok(s) => Cow::Owned(s),
+        Err(e) => Cow::Owned(String::from_utf8_lossy(e.as_bytes()).into_owned()),
     }
 }
 
@@ -214,6 +255,31 @@ mod tests {
         assert!(not_modified("*"));
         assert!(!not_modified("\"4\""));
         assert!(!Conditions::of(&HeaderMap::new()).not_modified(b"\"3\""));
+    }
+
+    #[test]
+    fn query_values_decode_as_a_full_parse_would() {
+        let queries = [
+            "caller=%2B15550100&callee=+1555&channel=voice",
+            "a=1&a=2&b",
+            "&&x=&y=%E2%82%AC&z=%FF+1",
+            "na%6De=v&name=w",
+            "caller=1%2B2=3",
+            "x=%&y=%4&z=%zz1&a=%E2%82&b=a+b%20c%2b",
+            "%61=1&x=%2",
+            "",
+        ];
+        for q in queries {
+            let pairs = QueryPairs::of(Some(q));
+            for name in [
+                "caller", "callee", "channel", "a", "b", "x", "y", "z", "name", "none",
+            ] {
+                let want = form_urlencoded::parse(q.as_bytes())
+                    .find(|(k, _)| k == name)
+                    .map(|(_, v)| v.into_owned());
+                assert_eq!(pairs.get(name).map(Cow::into_owned), want, "{q} {name}");
+            }
+        }
     }
 
     #[test]
