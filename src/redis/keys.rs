@@ -53,23 +53,32 @@ impl Keys {
     pub fn clock(&self) -> &str {
         &self.clock
     }
+    /// `{prefix}{part}{rest}`, built to its length (every L2 read builds six keys; `format!`
+    /// was a twentieth of an L2 hit).
+    fn join(&self, part: &str, rest: &str) -> String {
+        let mut key = String::with_capacity(self.prefix.len() + part.len() + rest.len());
+        key.push_str(&self.prefix);
+        key.push_str(part);
+        key.push_str(rest);
+        key
+    }
     pub fn value(&self, key: &str) -> String {
-        format!("{}{key}", self.prefix)
+        self.join("", key)
     }
     pub fn fence(&self, key: &str) -> String {
-        format!("{}fence:{key}", self.prefix)
+        self.join("fence:", key)
     }
     pub fn kind_fence(&self, kind: Kind) -> String {
-        format!("{}kindfence:{}", self.prefix, kind.as_str())
+        self.join("kindfence:", kind.as_str())
     }
     pub fn tag_fence(&self, tag: &str) -> String {
-        format!("{}tagfence:{tag}", self.prefix)
+        self.join("tagfence:", tag)
     }
     pub fn tag_members(&self, tag: &str) -> String {
-        format!("{}tag:{tag}", self.prefix)
+        self.join("tag:", tag)
     }
     pub fn lease(&self, key: &str) -> String {
-        format!("{}lease:{key}", self.prefix)
+        self.join("lease:", key)
     }
     pub fn marker(&self, txid: u64) -> String {
         format!("{}applied:{txid}", self.prefix)
