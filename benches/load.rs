@@ -30,6 +30,10 @@
 mod baselines;
 #[path = "load/dataset.rs"]
 mod dataset;
+#[path = "load/nginx.rs"]
+mod nginx;
+#[path = "load/open_loop.rs"]
+mod open_loop;
 #[path = "../tests/api/prom.rs"]
 mod prom;
 #[path = "load/report.rs"]
@@ -60,11 +64,16 @@ fn env_u64(name: &str, default: u64) -> u64 {
         .unwrap_or(default)
 }
 
-/// SCENARIOS=l1,spread,initiation,l2,miss,mixed,memory picks some (default: all).
+/// SCENARIOS=l1,spread,initiation,l2,miss,mixed,instructions,memory picks some (default: all;
+/// MEMORY=0 and INSTRUCTIONS=0 leave those out).
 fn wanted(name: &str) -> bool {
     match std::env::var("SCENARIOS") {
         Ok(list) if !list.is_empty() => list.split(',').any(|s| s.trim() == name),
-        _ => name != "memory" || env_u64("MEMORY", 1) == 1,
+        _ => match name {
+            "memory" => env_u64("MEMORY", 1) == 1,
+            "instructions" => env_u64("INSTRUCTIONS", 1) == 1,
+            _ => true,
+        },
     }
 }
 
@@ -117,6 +126,9 @@ async fn run() {
     }
     if wanted("mixed") {
         scenarios::mixed(&db_url, &data, &mut report).await;
+    }
+    if wanted("instructions") {
+        scenarios::instructions(&mut report);
     }
     if wanted("memory") {
         scenarios::memory(&db_url, &data, &mut report).await;
