@@ -127,15 +127,41 @@ fn quoted(body: &[u8]) -> Option<String> {
     Some(text.replace('\\', "\\\\").replace('\'', "\\'"))
 }
 
-/// Starts nginx with `config`, serving `location` from `root`, or `body` from memory at
-/// `location` if the configuration says so; the directory `name` under target/bench/ holds its
-/// files. `cache_files`: how many files `open_file_cache` is sized for.
+/// What an nginx serves.
+pub(crate) enum Serve<'a> {
+    /// The files under this root (the `from_memory` part of the configuration is ignored).
+    Files(&'a Path),
+    /// These bodies from memory, each at its path: `return 200 '<body>'` for one, a `map` from
+    /// `$uri` to the body and `return 200 $body` for many.
+    Memory(&'a [(String, &'a [u8])]),
+}
+
+/// The hard limit of open files this process (and so nginx) may have: `open_file_cache` must
+/// stay under it (raising it needs a privilege the sandbox may not grant).
+pub(crate) fn open_files_limit() -> usize {
+    std::fs::read_to_string("/proc/self/limits")
+        .ok()
+        .and_then(|l| {
+            l.lines()
+                .find(|l| l.starts_with("Max open files"))
+                .and_then(|l| l.split_whitespace().nth(4)?.parse().ok())
+        })
+        .unwrap_or(1024)
+}
+
+/// The `open_file_cache` size for `files` files: room for all of them, twice over, within the
+/// limit of open files (less room for the connections).
+pub(crate) fn cache_size(files: usize) -> usize {
+    (files.max(1000) * 2).min(open_files_limit().saturating_sub(4096).max(1000))
+}
+
+/// Starts nginx with `config`, serving `serve`; the directory `name` under target/bench/ holds
+/// its files. `cache_files`: how many files `open_file_cache` is sized for. None if the
+/// configuration cannot be written (a body with a `$`).
 pub(crate) fn start(
     name: &str,
     config: &Config,
-    root: &Path,
-    location: &str,
-    body: &[u8],
+    serve: Serve<'_>,
     cache_files: usize,
 ) -> Option<Nginx> {
     let dir = bench_dir().join(name);
@@ -146,18 +172,28 @@ pub(crate) fn start(
     let cache = if config.open_file_cache {
         format!(
             "open_file_cache max={} inactive=600s; open_file_cache_valid 600s; open_file_cache_min_uses 1; open_file_cache_errors on;",
-            cache_files.max(1000) * 2
+            cache_size(cache_files)
         )
     } else {
         String::new()
     };
-    let memory = if config.from_memory {
-        format!(
-            "location = {location} {{ return 200 '{}'; }}",
-            quoted(body)?
-        )
-    } else {
-        String::new()
+    let (map, serving) = match serve {
+        Serve::Files(root) => (String::new(), format!("root {};", root.display())),
+        Serve::Memory([(path, body)]) => (
+            String::new(),
+            format!("location = {path} {{ return 200 '{}'; }}", quoted(body)?),
+        ),
+        Serve::Memory(bodies) => {
+            let mut map = format!(
+                "map_hash_max_size {}; map_hash_bucket_size 128;\n  map $uri $body {{\n",
+                (bodies.len() * 2).next_power_of_two()
+            );
+            for (path, body) in bodies {
+                let _ = writeln!(map, "    {path} '{}';", quoted(body)?);
+            }
+            map.push_str("  }");
+            (map, "location / { return 200 $body; }".to_owned())
+        }
     };
     let conf = format!(
         "user root; worker_processes 1; master_process {master}; daemon off; pid {d}/nginx.pid; error_log {d}/error.log;
@@ -169,23 +205,18 @@ http {{
   default_type application/json;
   client_body_temp_path {d}/tmp; proxy_temp_path {d}/tmp; fastcgi_temp_path {d}/tmp;
   uwsgi_temp_path {d}/tmp; scgi_temp_path {d}/tmp;
-  server {{ listen 127.0.0.1:{port}; root {root}; {memory} }}
+  {map}
+  server {{ listen 127.0.0.1:{port}; {serving} }}
 }}
 ",
         master = on(config.master_process),
         sendfile = on(config.sendfile),
         nopush = on(config.tcp_nopush),
-        root = root.display(),
     );
     let conf_path = dir.join("nginx.conf");
     std::fs::write(&conf_path, conf).unwrap();
     let proc = Proc(
-        pinned(SERVER_CORE, "prlimit")
-            .arg(format!(
-                "--nofile={0}:{0}",
-                cache_files.max(1000) * 2 + 10_000
-            ))
-            .arg("nginx")
+        pinned(SERVER_CORE, "nginx")
             .arg("-c")
             .arg(&conf_path)
             .arg("-p")
@@ -195,7 +226,8 @@ http {{
             .spawn()
             .expect("nginx starts"),
     );
-    for _ in 0..100 {
+    // A configuration with 100,000 bodies takes nginx a second or so to read.
+    for _ in 0..1000 {
         if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
             return Some(Nginx { proc, port });
         }
@@ -236,6 +268,15 @@ impl Best {
             .map_or(VARIANTS[0], |(c, _)| *c)
     }
 
+    /// The fastest configuration that serves from memory.
+    pub(crate) fn best_memory(&self) -> Config {
+        self.variants
+            .iter()
+            .filter(|(c, r)| c.from_memory && r.is_some())
+            .max_by(|a, b| rps(a).total_cmp(&rps(b)))
+            .map_or(VARIANTS[7], |(c, _)| *c)
+    }
+
     pub(crate) fn json(&self) -> Value {
         json!(self
             .variants
@@ -260,9 +301,17 @@ pub(crate) fn best_for(body: &[u8], script: &Path) -> (Best, Nginx, String) {
     std::fs::create_dir_all(&root).unwrap();
     std::fs::write(root.join("lead.json"), body).unwrap();
     let secs = env_u64("WINDOW", 10).min(3);
+    let one = [("/lead.json".to_owned(), body)];
+    let serve = |c: &Config| {
+        if c.from_memory {
+            Serve::Memory(&one)
+        } else {
+            Serve::Files(&root)
+        }
+    };
     let mut variants = Vec::new();
     for config in VARIANTS {
-        let run = start("nginx-one", &config, &root, "/lead.json", body, 1).and_then(|n| {
+        let run = start("nginx-one", &config, serve(&config), 1).and_then(|n| {
             if fetch(n.port, "/lead.json").as_deref() != Some(body) {
                 println!("  nginx {}: wrong body, left out", config.describe());
                 return None;
@@ -283,7 +332,7 @@ pub(crate) fn best_for(body: &[u8], script: &Path) -> (Best, Nginx, String) {
         .max_by(|a, b| rps(a).total_cmp(&rps(b)))
         .map(|v| v.0)
         .expect("some nginx variant runs");
-    let nginx = start("nginx-one", &config, &root, "/lead.json", body, 1).unwrap();
+    let nginx = start("nginx-one", &config, serve(&config), 1).unwrap();
     let url = format!("http://127.0.0.1:{}/lead.json", nginx.port);
     (Best { config, variants }, nginx, url)
 }
@@ -306,4 +355,84 @@ pub(crate) fn write_spread(bodies: &[Vec<u8>]) -> (PathBuf, PathBuf) {
     let list = dir.join("paths.txt");
     std::fs::write(&list, paths).unwrap();
     (root, list)
+}
+
+/// The analog of the spread scenario: each body at a path of its own, served from files or from
+/// memory, whichever was faster in a short window. Returns the running nginx, its description,
+/// the wrk script over its paths, and every candidate's short-window figures.
+pub(crate) fn best_spread(
+    best: &Best,
+    bodies: &[Vec<u8>],
+) -> (Nginx, String, PathBuf, Vec<(String, Option<Run>)>) {
+    let (root, list) = write_spread(bodies);
+    let script = crate::dataset::paths_script("nginx-spread", &list);
+    let paths: Vec<(String, &[u8])> = std::fs::read_to_string(&list)
+        .unwrap()
+        .lines()
+        .zip(bodies)
+        .map(|(p, b)| (p.to_owned(), &b[..]))
+        .collect();
+    let files = Config {
+        open_file_cache: true,
+        ..best.best_file()
+    };
+    let memory = best.best_memory();
+    let candidates = [
+        (
+            files,
+            format!(
+                "{}, {} files, open_file_cache max={} (the limit of open files is {})",
+                files.describe(),
+                bodies.len(),
+                cache_size(bodies.len()),
+                open_files_limit()
+            ),
+        ),
+        (
+            memory,
+            format!(
+                "master_process {}, {} bodies from memory (map $uri $body, return 200 $body)",
+                if memory.master_process { "on" } else { "off" },
+                bodies.len()
+            ),
+        ),
+    ];
+    let serve = |c: &Config| {
+        if c.from_memory {
+            Serve::Memory(&paths)
+        } else {
+            Serve::Files(&root)
+        }
+    };
+    let secs = env_u64("WINDOW", 10).min(3);
+    let mut tried = Vec::new();
+    for (config, name) in &candidates {
+        let run = start("nginx-spread", config, serve(config), bodies.len()).and_then(|n| {
+            let last = paths.len() - 1;
+            for (path, body) in [&paths[0], &paths[last]] {
+                if fetch(n.port, path).as_deref() != Some(*body) {
+                    println!("  nginx {name}: wrong body at {path}, left out");
+                    return None;
+                }
+            }
+            let url = format!("http://127.0.0.1:{}/", n.port);
+            wrk(&url, &script, 1);
+            Some(wrk(&url, &script, secs))
+        });
+        match &run {
+            Some(r) => println!("  nginx {name}: {:.0} req/s", r.rps),
+            None => println!("  nginx {name}: could not be configured"),
+        }
+        tried.push((name.clone(), run));
+    }
+    let i = (0..tried.len())
+        .filter(|&i| tried[i].1.is_some())
+        .max_by(|&a, &b| {
+            let rps = |i: usize| tried[i].1.as_ref().map_or(0.0, |r: &Run| r.rps);
+            rps(a).total_cmp(&rps(b))
+        })
+        .expect("some nginx serves the spread bodies");
+    let (config, name) = &candidates[i];
+    let nginx = start("nginx-spread", config, serve(config), bodies.len()).unwrap();
+    (nginx, name.clone(), script, tried)
 }

@@ -1,6 +1,7 @@
-//! What the run found: one table row per scenario next to its baseline, the same figures as
-//! JSON in `target/bench/load.json`, and the per-kind hit ratios and per-route latencies of the
-//! mixed workload, computed from two scrapes of sidecache's own metrics.
+//! What the run found: every measurement (closed-loop and open-loop figures, each baseline with
+//! its configuration), one row per target (figure, baseline, ratio, target, met or MISSED), the
+//! same as JSON in `target/bench/load.json`, and the per-kind hit ratios and per-route latencies
+//! of the mixed workload, computed from two scrapes of sidecache's own metrics.
 
 use std::collections::BTreeMap;
 use std::time::Instant;
@@ -156,7 +157,7 @@ impl Report {
             "\nclosed loop: wrk, {CONNECTIONS} connections; open loop: this bench's generator, {CONNECTIONS} connections, latency from each request's scheduled time"
         );
         println!(
-            "{:<40} {:>9} {:>7} {:>7} {:>7} | {:>8} {:>8} {:>7} {:>7} {:>7} {:>7} {:>5} | configuration",
+            "{:<46} {:>9} {:>7} {:>7} {:>7} | {:>8} {:>8} {:>7} {:>7} {:>7} {:>7} {:>5} | configuration",
             "server and workload", "req/s", "p50", "p99", "max", "offered", "achieved", "p50", "p99", "p99.9", "max", "err"
         );
         for l in &self.lines {
@@ -188,7 +189,7 @@ impl Report {
             };
             let errors = l.closed.as_ref().map_or(0, |r| r.errors);
             println!(
-                "{:<40} {closed} | {open} | {}{}",
+                "{:<46} {closed} | {open} | {}{}",
                 l.name,
                 l.config,
                 if errors > 0 {
