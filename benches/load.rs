@@ -85,6 +85,15 @@ fn env_u64(name: &str, default: u64) -> u64 {
         .unwrap_or(default)
 }
 
+/// The open-loop rate as a share of the closed-loop maximum: OPEN_LOAD, default 0.5.
+fn open_load() -> f64 {
+    std::env::var("OPEN_LOAD")
+        .ok()
+        .and_then(|v| v.parse::<f64>().ok())
+        .filter(|v| *v > 0.0)
+        .unwrap_or(0.5)
+}
+
 /// SCENARIOS=l1,spread,initiation,l2,miss,mixed,instructions,memory picks some (default: all;
 /// MEMORY=0 and INSTRUCTIONS=0 leave those out).
 fn wanted(name: &str) -> bool {

@@ -11,7 +11,7 @@ use serde_json::{json, Value};
 use crate::open_loop::OpenRun;
 use crate::tools::bench_dir;
 use crate::wrk::Run;
-use crate::{env_u64, prom, CONNECTIONS};
+use crate::{env_u64, open_load, prom, CONNECTIONS};
 
 /// One measured server and workload: its closed-loop (wrk) and open-loop figures and, for a
 /// baseline, its configuration.
@@ -133,6 +133,11 @@ impl Report {
             figure.push_str(&format!(", p99.9 {:.2}", run.p999_ms));
         }
         figure.push_str(" ms");
+        if run.send_lag_p99_ms > 0.5 {
+            // The generator itself sent late (the client core was taken from it): part of the
+            // latency is the client's.
+            figure.push_str(&format!(" (client lag p99 {:.1} ms)", run.send_lag_p99_ms));
+        }
         if run.errors > 0 || run.unfinished > 0 {
             figure.push_str(&format!(
                 " ({} errors, {} unanswered)",
@@ -143,7 +148,10 @@ impl Report {
         self.goals.push(Goal {
             row: row.into(),
             figure,
-            baseline: "open loop, 64 connections, at 50 % of this scenario's wrk maximum".into(),
+            baseline: format!(
+                "open loop, {CONNECTIONS} connections, at {:.0} % of this scenario's wrk maximum",
+                open_load() * 100.0
+            ),
             base_figure: format!("{} req/s offered", thousands(run.offered_rps)),
             ratio: None,
             target,

@@ -20,7 +20,7 @@ use crate::report::{hit_ratios, route_latencies, thousands, Report};
 use crate::sidecache::{drive, drive_bodies, metrics, start_sidecache};
 use crate::tools::rss_bytes;
 use crate::wrk::{measure, wrk, Run};
-use crate::{env_u64, prom, wanted, CONNECTIONS, REDIS_PORT};
+use crate::{env_u64, open_load, prom, wanted, CONNECTIONS, REDIS_PORT};
 
 fn addr(url: &str) -> SocketAddr {
     let host = url.trim_start_matches("http://");
@@ -29,10 +29,7 @@ fn addr(url: &str) -> SocketAddr {
 
 /// Open loop at OPEN_LOAD (default 0.5) of the closed-loop maximum `max`, for WINDOW seconds.
 fn open_at_half(url: &str, max: &Run, requests: Arc<dyn Requests>) -> OpenRun {
-    let share = std::env::var("OPEN_LOAD")
-        .ok()
-        .and_then(|v| v.parse::<f64>().ok())
-        .unwrap_or(0.5);
+    let share = open_load();
     let run = open_loop::run(
         addr(url),
         CONNECTIONS,
@@ -137,7 +134,12 @@ pub(crate) async fn l1(db_url: &str, data: &Dataset, report: &mut Report) {
             0.8,
         );
     }
-    report.latency_goal("L1 hit, open loop at 50 %", &hit_open, 1.0, Some(2.0));
+    report.latency_goal(
+        &format!("L1 hit, open loop at {:.0} %", open_load() * 100.0),
+        &hit_open,
+        1.0,
+        Some(2.0),
+    );
     report.json["l1_hit"] = json!({
         "sidecache": hit.json(), "sidecache_open_loop": hit_open.json(), "body_bytes": body.len(),
         "nginx": nginx_run.json(), "nginx_open_loop": nginx_open.json(), "nginx_config": nginx_config,
@@ -352,7 +354,15 @@ pub(crate) async fn mixed(db_url: &str, data: &Dataset, report: &mut Report) {
         Some(&run),
         Some(&open),
     );
-    report.latency_goal("mixed Zipf, 2 % writes, open loop 50 %", &open, 5.0, None);
+    report.latency_goal(
+        &format!(
+            "mixed Zipf, 2 % writes, open loop {:.0} %",
+            open_load() * 100.0
+        ),
+        &open,
+        5.0,
+        None,
+    );
     report.json["mixed"] = json!({
         "overall": run.json(),
         "open_loop": open.json(),
