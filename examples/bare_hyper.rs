@@ -1,7 +1,8 @@
 //! The limit of sidecache's own stack: a bare hyper HTTP/1 server (same hyper, same tokio
-//! runtime) answering every request with the same bytes from memory, with a JSON content type
-//! and nothing else. `scripts/instructions` counts its instructions per request beside
-//! sidecache's, so an L1 hit's cost is read against what the stack itself costs.
+//! runtime, same allocator) answering every request with the same bytes from memory, with a
+//! JSON content type and nothing else. `scripts/instructions` counts its instructions per request
+//! beside sidecache's, and `cargo bench --bench load` measures its throughput and latency, so
+//! that an L1 hit's cost is read against what the stack itself costs.
 //!
 //!     cargo run --release --example bare_hyper -- <port> <body-file>
 
@@ -16,6 +17,10 @@ use hyper::service::service_fn;
 use hyper::{Request, Response};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
+
+// The allocator sidecache runs with (src/main.rs), so that the difference is sidecache's own work.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[tokio::main]
 async fn main() -> std::io::Result<()> {

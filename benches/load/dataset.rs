@@ -3,11 +3,15 @@
 //! (one key, spread over every lead, and the mixed Zipf workload).
 
 use std::io::Write as _;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
 
+use rand::rngs::SmallRng;
+use rand::Rng;
 use sqlx::PgPool;
 
+use crate::open_loop::{get, Requests};
 use crate::tools::bench_dir;
 use crate::wrk::write_script;
 
@@ -44,6 +48,122 @@ impl Dataset {
     }
 }
 
+/// A wrk script that GETs a random line of `list` (one request path per line) each time.
+pub(crate) fn paths_script(name: &str, list: &Path) -> PathBuf {
+    write_script(
+        name,
+        &format!(
+            r#"
+local paths = {{}}
+for line in io.lines("{}") do paths[#paths + 1] = line end
+local n = #paths
+local counter = 0
+function setup(thread) counter = counter + 1; thread:set("seed", counter) end
+function init(args) math.randomseed(os.time() + (seed or 0)) end
+request = function() return wrk.format("GET", paths[math.random(n)]) end
+"#,
+            list.display()
+        ),
+    )
+}
+
+/// The open-loop twin of a `paths_script`: a GET of a random path from the list.
+pub(crate) struct RandomPaths(pub(crate) Vec<Vec<u8>>);
+
+impl RandomPaths {
+    pub(crate) fn from_file(list: &Path) -> Self {
+        RandomPaths(
+            std::fs::read_to_string(list)
+                .unwrap()
+                .lines()
+                .map(get)
+                .collect(),
+        )
+    }
+}
+
+impl Requests for RandomPaths {
+    fn next(&self, rng: &mut SmallRng, out: &mut Vec<u8>) {
+        out.extend_from_slice(&self.0[rng.random_range(0..self.0.len())]);
+    }
+}
+
+/// The open-loop twin of the mixed wrk script: the same Zipf (s = 1) over the leads in the same
+/// order, the same kinds with the same weights, 2 % PATCH writes.
+pub(crate) struct Mixed {
+    leads: Vec<[String; 4]>,
+    cdf: Vec<f64>,
+    writes: AtomicU64,
+}
+
+impl Mixed {
+    pub(crate) fn new(leads: &[Lead]) -> Self {
+        let mut cdf = Vec::with_capacity(leads.len());
+        let mut total = 0.0;
+        for k in 1..=leads.len() {
+            total += 1.0 / k as f64;
+            cdf.push(total);
+        }
+        for c in &mut cdf {
+            *c /= total;
+        }
+        Mixed {
+            leads: leads
+                .iter()
+                .map(|l| {
+                    [
+                        l.id.clone(),
+                        enc(&l.phone),
+                        l.org.clone(),
+                        enc(&l.org_phone),
+                    ]
+                })
+                .collect(),
+            cdf,
+            writes: AtomicU64::new(0),
+        }
+    }
+}
+
+impl Requests for Mixed {
+    fn next(&self, rng: &mut SmallRng, out: &mut Vec<u8>) {
+        let u: f64 = rng.random();
+        let i = self
+            .cdf
+            .partition_point(|&c| c < u)
+            .min(self.leads.len() - 1);
+        let [id, phone, org, org_phone] = &self.leads[i];
+        let r = rng.random_range(1..=100u32);
+        if r <= 2 {
+            let n = self.writes.fetch_add(1, Ordering::Relaxed) + 1;
+            let body = format!(r#"{{"first_name": "W{n}"}}"#);
+            let _ = write!(
+                out,
+                "PATCH /v1/leads/{id} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+                body.len()
+            );
+            return;
+        }
+        let path = match r {
+            3..=27 => format!("/v1/leads/by-phone/{phone}?organization_id={org}"),
+            28..=37 => format!("/v1/leads/{id}"),
+            38..=47 => format!("/v1/organizations/by-phone/{org_phone}"),
+            48..=52 => format!("/v1/organizations/{org}"),
+            53..=72 => format!("/v1/leads/{id}/context"),
+            73..=77 => format!("/v1/leads/{id}/summary"),
+            78..=92 => {
+                let channel = ["voice", "sms", "email", "chat", "whatsapp"][rng.random_range(0..5)];
+                format!("/v1/leads/{id}/greeting?channel={channel}")
+            }
+            _ => format!(
+                "/v1/leads/{id}/history?limit={}&offset=0",
+                rng.random_range(1..=3) * 5
+            ),
+        };
+        out.extend_from_slice(&get(&path));
+    }
+}
+
 /// Seeds the database at `db_url` (which must not exist yet) and writes the key files and scripts.
 pub(crate) async fn prepare(db_url: &str) -> Dataset {
     print!("seeding 100 organizations, 100,000 leads, 500,000 conversations... ");
@@ -59,7 +179,7 @@ pub(crate) async fn prepare(db_url: &str) -> Dataset {
             "5",
         ])
         .env("DATABASE_URL", db_url)
-        .env("SIDECACHE__LOG__LEVEL", "warn")
+        .env("SIDECACHE__LOG__LEVEL", "error")
         .current_dir(std::env::temp_dir())
         .stderr(Stdio::null())
         .output()
@@ -134,21 +254,7 @@ pub(crate) async fn prepare(db_url: &str) -> Dataset {
     )
     .unwrap();
     let plain = write_script("plain", "");
-    let spread = write_script(
-        "spread",
-        &format!(
-            r#"
-local paths = {{}}
-for line in io.lines("{}") do paths[#paths + 1] = line end
-local n = #paths
-local counter = 0
-function setup(thread) counter = counter + 1; thread:set("seed", counter) end
-function init(args) math.randomseed(os.time() + (seed or 0)) end
-request = function() return wrk.format("GET", paths[math.random(n)]) end
-"#,
-            spread_file.display()
-        ),
-    );
+    let spread = paths_script("spread", &spread_file);
     let mixed = write_script(
         "mixed",
         &format!(

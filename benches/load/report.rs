@@ -1,65 +1,227 @@
-//! What the run found: one table row per scenario next to its baseline, the same figures as
-//! JSON in `target/bench/load.json`, and the per-kind hit ratios and per-route latencies of the
-//! mixed workload, computed from two scrapes of sidecache's own metrics.
+//! What the run found: every measurement (closed-loop and open-loop figures, each baseline with
+//! its configuration), one row per target (figure, baseline, ratio, target, met or MISSED), the
+//! same as JSON in `target/bench/load.json`, and the per-kind hit ratios and per-route latencies
+//! of the mixed workload, computed from two scrapes of sidecache's own metrics.
 
 use std::collections::BTreeMap;
 use std::time::Instant;
 
 use serde_json::{json, Value};
 
+use crate::open_loop::OpenRun;
 use crate::tools::bench_dir;
 use crate::wrk::Run;
-use crate::{env_u64, prom, CONNECTIONS};
+use crate::{env_u64, open_load, prom, CONNECTIONS};
 
-/// A table row: scenario, its figures, and its baseline's.
-pub(crate) type Row = (String, Run, Option<(String, Run)>);
+/// One measured server and workload: its closed-loop (wrk) and open-loop figures and, for a
+/// baseline, its configuration.
+pub(crate) struct Line {
+    pub(crate) name: String,
+    pub(crate) config: String,
+    pub(crate) closed: Option<Run>,
+    pub(crate) open: Option<OpenRun>,
+}
 
-/// The rows of the table and the JSON report, filled in by the scenarios.
+/// One target of the issue: our figure, the baseline's (named with its configuration), the
+/// ratio, the target, and whether it was met.
+pub(crate) struct Goal {
+    pub(crate) row: String,
+    pub(crate) figure: String,
+    pub(crate) baseline: String,
+    pub(crate) base_figure: String,
+    pub(crate) ratio: Option<f64>,
+    pub(crate) target: String,
+    pub(crate) met: bool,
+}
+
+/// The measurements, the targets and the JSON report, filled in by the scenarios.
 pub(crate) struct Report {
-    pub(crate) table: Vec<Row>,
+    pub(crate) lines: Vec<Line>,
+    pub(crate) goals: Vec<Goal>,
     pub(crate) json: Value,
+}
+
+/// 12345.6 as "12,346".
+pub(crate) fn thousands(x: f64) -> String {
+    if !x.is_finite() {
+        return "-".into();
+    }
+    let digits = format!("{:.0}", x.abs());
+    let mut out = String::new();
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    if x < 0.0 {
+        out.insert(0, '-');
+    }
+    out
+}
+
+fn ms(x: f64) -> String {
+    if x.is_finite() {
+        format!("{x:.2}")
+    } else {
+        "-".into()
+    }
 }
 
 impl Report {
     pub(crate) fn new() -> Self {
         Report {
-            table: Vec::new(),
+            lines: Vec::new(),
+            goals: Vec::new(),
             json: json!({}),
         }
     }
 
-    /// The table, then the mixed workload by kind and by route.
+    pub(crate) fn line(
+        &mut self,
+        name: &str,
+        config: &str,
+        closed: Option<&Run>,
+        open: Option<&OpenRun>,
+    ) {
+        self.lines.push(Line {
+            name: name.into(),
+            config: config.into(),
+            closed: closed.cloned(),
+            open: open.cloned(),
+        });
+    }
+
+    /// A throughput (or cost) target: `ours / base` against `want`, at least (`at_least`) or at
+    /// most.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn ratio_goal(
+        &mut self,
+        row: &str,
+        ours: f64,
+        unit: &str,
+        baseline: &str,
+        base: f64,
+        at_least: bool,
+        want: f64,
+    ) {
+        let ratio = ours / base;
+        self.goals.push(Goal {
+            row: row.into(),
+            figure: format!("{} {unit}", thousands(ours)),
+            baseline: baseline.into(),
+            base_figure: format!("{} {unit}", thousands(base)),
+            ratio: Some(ratio),
+            target: format!("{} {want}×", if at_least { "≥" } else { "≤" }),
+            met: if at_least {
+                ratio >= want
+            } else {
+                ratio <= want
+            },
+        });
+    }
+
+    /// An open-loop latency target: p99 (and p99.9, if given) at most so many ms, no errors,
+    /// every request answered, and the offered rate achieved within 2 %.
+    pub(crate) fn latency_goal(&mut self, row: &str, run: &OpenRun, p99: f64, p999: Option<f64>) {
+        let mut target = format!("p99 ≤ {p99} ms");
+        let mut met = run.p99_ms <= p99;
+        let mut figure = format!("p50 {:.2}, p99 {:.2}", run.p50_ms, run.p99_ms);
+        if let Some(p999) = p999 {
+            target.push_str(&format!(", p99.9 ≤ {p999} ms"));
+            met &= run.p999_ms <= p999;
+            figure.push_str(&format!(", p99.9 {:.2}", run.p999_ms));
+        }
+        figure.push_str(" ms");
+        if run.send_lag_p99_ms > 0.5 {
+            // The generator itself sent late (the client core was taken from it): part of the
+            // latency is the client's.
+            figure.push_str(&format!(" (client lag p99 {:.1} ms)", run.send_lag_p99_ms));
+        }
+        if run.errors > 0 || run.unfinished > 0 {
+            figure.push_str(&format!(
+                " ({} errors, {} unanswered)",
+                run.errors, run.unfinished
+            ));
+        }
+        met &= run.errors == 0 && run.unfinished == 0 && run.achieved_rps >= 0.98 * run.offered_rps;
+        self.goals.push(Goal {
+            row: row.into(),
+            figure,
+            baseline: format!(
+                "open loop, {CONNECTIONS} connections, at {:.0} % of this scenario's wrk maximum",
+                open_load() * 100.0
+            ),
+            base_figure: format!("{} req/s offered", thousands(run.offered_rps)),
+            ratio: None,
+            target,
+            met,
+        });
+    }
+
+    /// The measurements, the targets, then the mixed workload by kind and by route.
     pub(crate) fn print(&self) {
         println!(
-            "\n{:<38} {:>10} {:>8} {:>8} {:>8}  {:<34} {:>10} {:>8}  {:>6}",
-            "scenario",
-            "req/s",
-            "p50 ms",
-            "p99 ms",
-            "max ms",
-            "baseline",
-            "req/s",
-            "p99 ms",
-            "ratio"
+            "\nclosed loop: wrk, {CONNECTIONS} connections; open loop: this bench's generator, {CONNECTIONS} connections, latency from each request's scheduled time"
         );
-        for (name, run, base) in &self.table {
-            let (bname, brps, bp99, ratio) = match base {
-                Some((n, b)) => (
-                    n.as_str(),
-                    format!("{:.0}", b.rps),
-                    format!("{:.2}", b.p99_ms),
-                    format!("{:.2}", run.rps / b.rps),
+        println!(
+            "{:<46} {:>9} {:>7} {:>7} {:>7} | {:>8} {:>8} {:>7} {:>7} {:>7} {:>7} {:>5} | configuration",
+            "server and workload", "req/s", "p50", "p99", "max", "offered", "achieved", "p50", "p99", "p99.9", "max", "err"
+        );
+        for l in &self.lines {
+            let closed = match &l.closed {
+                Some(r) => format!(
+                    "{:>9} {:>7} {:>7} {:>7}",
+                    thousands(r.rps),
+                    ms(r.p50_ms),
+                    ms(r.p99_ms),
+                    ms(r.max_ms)
                 ),
-                None => ("", String::new(), String::new(), String::new()),
+                None => format!("{:>9} {:>7} {:>7} {:>7}", "", "", "", ""),
             };
+            let open = match &l.open {
+                Some(o) => format!(
+                    "{:>8} {:>8} {:>7} {:>7} {:>7} {:>7} {:>5}",
+                    thousands(o.offered_rps),
+                    thousands(o.achieved_rps),
+                    ms(o.p50_ms),
+                    ms(o.p99_ms),
+                    ms(o.p999_ms),
+                    ms(o.max_ms),
+                    o.errors + o.unfinished
+                ),
+                None => format!(
+                    "{:>8} {:>8} {:>7} {:>7} {:>7} {:>7} {:>5}",
+                    "", "", "", "", "", "", ""
+                ),
+            };
+            let errors = l.closed.as_ref().map_or(0, |r| r.errors);
             println!(
-            "{name:<38} {:>10.0} {:>8.2} {:>8.2} {:>8.2}  {bname:<34} {brps:>10} {bp99:>8}  {ratio:>6}{}",
-            run.rps,
-            run.p50_ms,
-            run.p99_ms,
-            run.max_ms,
-            if run.errors > 0 { format!("  ({} errors)", run.errors) } else { String::new() }
+                "{:<46} {closed} | {open} | {}{}",
+                l.name,
+                l.config,
+                if errors > 0 {
+                    format!(" (wrk: {errors} errors)")
+                } else {
+                    String::new()
+                }
+            );
+        }
+        println!(
+            "\n{:<36} {:<36} {:<24} {:>6}  {:<26} {:<6}  baseline",
+            "target row", "figure", "baseline figure", "ratio", "target", "met"
         );
+        for g in &self.goals {
+            println!(
+                "{:<36} {:<36} {:<24} {:>6}  {:<26} {:<6}  {}",
+                g.row,
+                g.figure,
+                g.base_figure,
+                g.ratio.map_or(String::new(), |r| format!("{r:.2}")),
+                g.target,
+                if g.met { "met" } else { "MISSED" },
+                g.baseline
+            );
         }
         if let Some(kinds) = self.json["mixed"]["hit_ratio_by_kind"].as_object() {
             println!("\nmixed workload, by kind: lookups, hit L1 %, hit L2 %, miss %");
@@ -84,6 +246,25 @@ impl Report {
     /// Adds the run's parameters and writes `target/bench/load.json`.
     pub(crate) fn write(&mut self, started: Instant) {
         self.json["window_secs"] = json!(env_u64("WINDOW", 10));
+        self.json["warmup_secs"] = json!(env_u64("WARMUP", 3));
+        self.json["measurements"] = json!(self
+            .lines
+            .iter()
+            .map(|l| json!({
+                "name": l.name, "config": l.config,
+                "closed_loop": l.closed.as_ref().map(Run::json),
+                "open_loop": l.open.as_ref().map(OpenRun::json),
+            }))
+            .collect::<Vec<_>>());
+        self.json["targets"] = json!(self
+            .goals
+            .iter()
+            .map(|g| json!({
+                "row": g.row, "figure": g.figure, "baseline": g.baseline,
+                "baseline_figure": g.base_figure, "ratio": g.ratio.map(|r| (r * 1000.0).round() / 1000.0),
+                "target": g.target, "met": g.met,
+            }))
+            .collect::<Vec<_>>());
         self.json["connections"] = json!(CONNECTIONS);
         self.json["total_secs"] = json!(started.elapsed().as_secs());
         let out = bench_dir().join("load.json");

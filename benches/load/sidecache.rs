@@ -74,9 +74,32 @@ static FAILURES_SHOWN: std::sync::atomic::AtomicUsize = std::sync::atomic::Atomi
 /// that no miss waits for one past the 100 ms acquire budget), retrying a failed one once;
 /// returns the answers that failed twice.
 pub(crate) async fn drive(base: &str, paths: Vec<String>, concurrency: usize) -> usize {
+    get_all(base, paths, concurrency, false)
+        .await
+        .iter()
+        .filter(|b| b.is_none())
+        .count()
+}
+
+/// As `drive`, and returns each path's body (in the order of `paths`; None for a failure, an
+/// empty body for a 404).
+pub(crate) async fn drive_bodies(
+    base: &str,
+    paths: Vec<String>,
+    concurrency: usize,
+) -> Vec<Option<Vec<u8>>> {
+    get_all(base, paths, concurrency, true).await
+}
+
+async fn get_all(
+    base: &str,
+    paths: Vec<String>,
+    concurrency: usize,
+    keep: bool,
+) -> Vec<Option<Vec<u8>>> {
     use futures_util::StreamExt;
     let client = reqwest::Client::new();
-    let failures = futures_util::stream::iter(paths)
+    futures_util::stream::iter(paths)
         .map(|p| {
             let (client, url) = (client.clone(), format!("{base}{p}"));
             async move {
@@ -85,11 +108,14 @@ pub(crate) async fn drive(base: &str, paths: Vec<String>, concurrency: usize) ->
                     match client.get(&url).send().await {
                         Ok(r) => {
                             let status = r.status();
-                            let body = r.text().await.unwrap_or_default();
-                            if status.is_success() || status == 404 {
-                                return 0;
+                            let body = r.bytes().await.unwrap_or_default();
+                            if status.is_success() {
+                                return Some(if keep { body.to_vec() } else { Vec::new() });
                             }
-                            why = format!("{status} {body}");
+                            if status == 404 {
+                                return Some(Vec::new());
+                            }
+                            why = format!("{status} {}", String::from_utf8_lossy(&body));
                         }
                         Err(e) => why = format!("{e:?}"),
                     }
@@ -97,11 +123,10 @@ pub(crate) async fn drive(base: &str, paths: Vec<String>, concurrency: usize) ->
                 if FAILURES_SHOWN.fetch_add(1, std::sync::atomic::Ordering::Relaxed) < 3 {
                     println!("  {url}: {why}");
                 }
-                1
+                None
             }
         })
-        .buffer_unordered(concurrency)
-        .fold(0, |a, b| async move { a + b })
-        .await;
-    failures
+        .buffered(concurrency)
+        .collect()
+        .await
 }

@@ -68,6 +68,22 @@ pub(crate) fn bench_dir() -> PathBuf {
 /// A child process killed when dropped.
 pub(crate) struct Proc(pub(crate) Child);
 
+impl Proc {
+    /// SIGTERM, then up to 3 s for the process to exit (nginx's master stops its workers on
+    /// SIGTERM; on SIGKILL they would live on).
+    pub(crate) fn terminate(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.0.id().to_string()])
+            .status();
+        for _ in 0..300 {
+            if matches!(self.0.try_wait(), Ok(Some(_))) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
 impl Drop for Proc {
     fn drop(&mut self) {
         let _ = self.0.kill();
