@@ -2,6 +2,7 @@
 //! [`Change`](crate::domain::Change) it committed. Every statement is timed and counted by name.
 
 mod conns;
+mod json;
 pub mod outbox;
 mod reads;
 mod writes;
@@ -15,6 +16,7 @@ use sqlx::PgPool;
 
 use conns::{Conn, Conns};
 
+pub use json::JsonRow;
 pub use reads::{ConversationStats, LeadWithOrg};
 pub use writes::{
     ConversationPatch, LeadPatch, NewConversation, NewLead, NewOrganization, OrganizationPatch,

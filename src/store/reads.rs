@@ -6,7 +6,7 @@ use chrono::{DateTime, Utc};
 use sqlx::Row;
 
 use super::{Store, StoreError};
-use crate::domain::{Conversation, Lead, LeadId, OrgId, Organization, PhoneNumber};
+use crate::domain::{Conversation, Lead, LeadId, Organization};
 use crate::labels::PgQuery;
 
 pub(super) const ORG_COLUMNS: &str =
@@ -46,16 +46,7 @@ const STATS_SQL: &str = "SELECT count(*) AS conversation_count, \
              ORDER BY started_at DESC, id LIMIT 3) s), '{}') AS latest_summaries \
   FROM conversations WHERE lead_id = $1";
 
-/// The statements, built once (their text is also the key of each connection's statement cache).
-static ORG_BY_ID: LazyLock<String> =
-    LazyLock::new(|| format!("SELECT {ORG_COLUMNS} FROM organizations WHERE id = $1"));
-static ORG_BY_PHONE: LazyLock<String> =
-    LazyLock::new(|| format!("SELECT {ORG_COLUMNS} FROM organizations WHERE phone_number = $1"));
-static LEAD_BY_ID: LazyLock<String> =
-    LazyLock::new(|| format!("SELECT {LEAD_COLUMNS} FROM leads WHERE id = $1"));
-static LEAD_BY_PHONE: LazyLock<String> = LazyLock::new(|| {
-    format!("SELECT {LEAD_COLUMNS} FROM leads WHERE phone_number = $1 AND organization_id = $2")
-});
+/// Built once (the text is also the key of each connection's statement cache).
 static CONVERSATIONS_PAGE: LazyLock<String> = LazyLock::new(|| {
     format!(
         "SELECT {CONVERSATION_COLUMNS} FROM conversations WHERE lead_id = $1 \
@@ -64,58 +55,6 @@ static CONVERSATIONS_PAGE: LazyLock<String> = LazyLock::new(|| {
 });
 
 impl Store {
-    pub async fn org_by_id(&self, id: OrgId) -> Result<Option<Organization>, StoreError> {
-        self.read(PgQuery::OrgById, |mut c| async move {
-            let out = sqlx::query_as(&ORG_BY_ID)
-                .bind(id)
-                .fetch_optional(c.raw())
-                .await;
-            (c, out)
-        })
-        .await
-    }
-
-    pub async fn org_by_phone(
-        &self,
-        phone: &PhoneNumber,
-    ) -> Result<Option<Organization>, StoreError> {
-        self.read(PgQuery::OrgByPhone, |mut c| async move {
-            let out = sqlx::query_as(&ORG_BY_PHONE)
-                .bind(phone.as_str())
-                .fetch_optional(c.raw())
-                .await;
-            (c, out)
-        })
-        .await
-    }
-
-    pub async fn lead_by_id(&self, id: LeadId) -> Result<Option<Lead>, StoreError> {
-        self.read(PgQuery::LeadById, |mut c| async move {
-            let out = sqlx::query_as(&LEAD_BY_ID)
-                .bind(id)
-                .fetch_optional(c.raw())
-                .await;
-            (c, out)
-        })
-        .await
-    }
-
-    pub async fn lead_by_phone(
-        &self,
-        phone: &PhoneNumber,
-        org: OrgId,
-    ) -> Result<Option<Lead>, StoreError> {
-        self.read(PgQuery::LeadByPhone, |mut c| async move {
-            let out = sqlx::query_as(&LEAD_BY_PHONE)
-                .bind(phone.as_str())
-                .bind(org)
-                .fetch_optional(c.raw())
-                .await;
-            (c, out)
-        })
-        .await
-    }
-
     /// A lead with its organization (greeting, context).
     pub async fn lead_with_org(&self, id: LeadId) -> Result<Option<LeadWithOrg>, StoreError> {
         let sql = "SELECT l.id, l.organization_id, l.phone_number, l.first_name, l.last_name, l.email, \
