@@ -1,6 +1,7 @@
 //! Loads from Postgres, each encoded to JSON once, at fill time. One generic loader serves every
-//! versioned row (its ETag is its version); composite answers (context, summary, greeting,
-//! history) have their own, and their ETag is a hash of their bytes.
+//! single row, which the store encodes from the row it read (its ETag is its version);
+//! composite answers (context, summary, greeting, history) are encoded here, and their ETag is a
+//! hash of their bytes.
 
 use std::future::Future;
 
@@ -9,8 +10,8 @@ use serde::Serialize;
 
 use super::views::{dynamic_variables, greeting_text, Context, Greeting, History, Summary};
 use crate::cache::{fnv1a, Ids, LoadError, LoadFuture, Loaded};
-use crate::domain::{Channel, Lead, LeadId, Organization};
-use crate::store::{Store, StoreError};
+use crate::domain::{Channel, LeadId, Organization};
+use crate::store::{JsonRow, Store, StoreError};
 
 fn encode<T: Serialize>(v: &T) -> Result<Bytes, LoadError> {
     serde_json::to_vec(v)
@@ -25,48 +26,21 @@ fn found_hashed<T: Serialize>(v: &T, ids: Ids) -> Result<Loaded, LoadError> {
     Ok(Loaded::Found { body, etag, ids })
 }
 
-/// A row that carries its own version and ids.
-pub(super) trait Versioned: Serialize + Send + 'static {
-    fn version(&self) -> i64;
-    fn ids(&self) -> Ids;
-}
-
-impl Versioned for Organization {
-    fn version(&self) -> i64 {
-        self.version
-    }
-    fn ids(&self) -> Ids {
-        Ids {
-            org: Some(self.id),
-            lead: None,
-        }
-    }
-}
-
-impl Versioned for Lead {
-    fn version(&self) -> i64 {
-        self.version
-    }
-    fn ids(&self) -> Ids {
-        Ids {
-            org: Some(self.organization_id),
-            lead: Some(self.id),
-        }
-    }
-}
-
-/// Loads one versioned row (`None`: cached as "not found"); its ETag is its version.
-pub(super) fn versioned<T, F>(query: F) -> LoadFuture
+/// Loads one row, already encoded by the store (`None`: cached as "not found"); its ETag is its
+/// version.
+pub(super) fn row<F>(query: F) -> LoadFuture
 where
-    T: Versioned,
-    F: Future<Output = Result<Option<T>, StoreError>> + Send + 'static,
+    F: Future<Output = Result<Option<JsonRow>, StoreError>> + Send + 'static,
 {
     Box::pin(async move {
         match query.await? {
             Some(row) => Ok(Loaded::Found {
-                body: encode(&row)?,
-                etag: format!("\"{}\"", row.version()),
-                ids: row.ids(),
+                etag: format!("\"{}\"", row.version),
+                ids: Ids {
+                    org: Some(row.org),
+                    lead: row.lead,
+                },
+                body: row.body,
             }),
             None => Ok(Loaded::NotFound),
         }
@@ -81,7 +55,10 @@ pub(super) fn context(store: Store, id: LeadId) -> LoadFuture {
         let recent = store.recent_conversations(id, 5, 0).await?;
         let stats = store.conversation_stats(id).await?;
         let summary = stats.summary();
-        let ids = lo.lead.ids();
+        let ids = Ids {
+            org: Some(lo.org.id),
+            lead: Some(lo.lead.id),
+        };
         let ctx = Context {
             dynamic_variables: dynamic_variables(
                 &lo.lead,
@@ -134,7 +111,10 @@ pub(super) fn greeting(store: Store, id: LeadId, channel: Channel) -> LoadFuture
                 channel,
                 greeting: &text,
             },
-            lo.lead.ids(),
+            Ids {
+                org: Some(lo.org.id),
+                lead: Some(id),
+            },
         )
     })
 }

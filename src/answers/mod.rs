@@ -29,7 +29,7 @@ impl Answers {
 
     pub async fn org_by_id(&self, id: OrgId, mode: Mode) -> Result<Lookup, CacheError> {
         let store = self.store.clone();
-        let load = move || loaders::versioned(async move { store.org_by_id(id).await });
+        let load = move || loaders::row(async move { store.org_by_id(id).await });
         self.cache
             .get(&CacheKey::org_by_id(id), &[], mode, load)
             .await
@@ -41,7 +41,7 @@ impl Answers {
         mode: Mode,
     ) -> Result<Lookup, CacheError> {
         let (store, p) = (self.store.clone(), phone.clone());
-        let load = move || loaders::versioned(async move { store.org_by_phone(&p).await });
+        let load = move || loaders::row(async move { store.org_by_phone(&p).await });
         self.cache
             .get(&CacheKey::org_by_phone(phone), &[], mode, load)
             .await
@@ -49,7 +49,7 @@ impl Answers {
 
     pub async fn lead_by_id(&self, id: LeadId, mode: Mode) -> Result<Lookup, CacheError> {
         let store = self.store.clone();
-        let load = move || loaders::versioned(async move { store.lead_by_id(id).await });
+        let load = move || loaders::row(async move { store.lead_by_id(id).await });
         self.cache
             .get(&CacheKey::lead_by_id(id), &[], mode, load)
             .await
@@ -62,7 +62,7 @@ impl Answers {
         mode: Mode,
     ) -> Result<Lookup, CacheError> {
         let (store, p) = (self.store.clone(), phone.clone());
-        let load = move || loaders::versioned(async move { store.lead_by_phone(&p, org).await });
+        let load = move || loaders::row(async move { store.lead_by_phone(&p, org).await });
         self.cache
             .get(&CacheKey::lead_by_phone(phone, org), &[], mode, load)
             .await

@@ -7,6 +7,7 @@ pub mod greeting;
 mod ids;
 mod models;
 mod phone;
+pub mod rfc3339;
 
 pub use change::{Change, Commit, Op, TxId};
 pub use channel::{Channel, Direction, LeadStatus};

@@ -23,7 +23,9 @@ pub struct Organization {
     #[schema(value_type = Object)]
     pub settings: Value,
     pub version: i64,
+    #[serde(serialize_with = "super::rfc3339::serialize")]
     pub created_at: DateTime<Utc>,
+    #[serde(serialize_with = "super::rfc3339::serialize")]
     pub updated_at: DateTime<Utc>,
 }
 
@@ -43,7 +45,9 @@ pub struct Lead {
     #[schema(value_type = Object)]
     pub attributes: Value,
     pub version: i64,
+    #[serde(serialize_with = "super::rfc3339::serialize")]
     pub created_at: DateTime<Utc>,
+    #[serde(serialize_with = "super::rfc3339::serialize")]
     pub updated_at: DateTime<Utc>,
 }
 

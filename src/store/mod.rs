@@ -1,16 +1,22 @@
 //! Postgres: the queries behind every lookup and the writes, each of which returns the
 //! [`Change`](crate::domain::Change) it committed. Every statement is timed and counted by name.
 
+mod conns;
+mod json;
 pub mod outbox;
 mod reads;
 mod writes;
 
+use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::PgPool;
 
+use conns::{Conn, Conns};
+
+pub use json::JsonRow;
 pub use reads::{ConversationStats, LeadWithOrg};
 pub use writes::{
     ConversationPatch, LeadPatch, NewConversation, NewLead, NewOrganization, OrganizationPatch,
@@ -103,6 +109,9 @@ pub struct StoreConfig {
 #[derive(Clone)]
 pub struct Store {
     pool: PgPool,
+    /// Connections between statements (see [`conns`]): every statement takes one here.
+    conns: Arc<Conns>,
+    acquire_timeout: Duration,
     metrics: Arc<Metrics>,
 }
 
@@ -120,11 +129,65 @@ impl Store {
             .min_connections(cfg.min_connections)
             .acquire_timeout(cfg.acquire_timeout)
             .connect_lazy_with(connect);
-        Store { pool, metrics }
+        Store {
+            conns: Conns::new(pool.clone()),
+            pool,
+            acquire_timeout: cfg.acquire_timeout,
+            metrics,
+        }
     }
 
     pub fn pool(&self) -> &PgPool {
         &self.pool
+    }
+
+    /// Open connections not in use: the pool's idle ones and those kept between statements.
+    pub fn idle_connections(&self) -> usize {
+        self.pool.num_idle() + self.conns.idle()
+    }
+
+    /// Runs a statement that may safely run twice (a read), timed as `query`, on a connection
+    /// taken as it is. If that connection turns out to be lost, the statement runs once more on
+    /// one the pool has tested. `statement` hands the connection back with its result.
+    async fn read<T, F, Fut>(&self, query: PgQuery, statement: F) -> Result<T, StoreError>
+    where
+        F: Fn(Conn) -> Fut,
+        Fut: Future<Output = (Conn, Result<T, sqlx::Error>)>,
+    {
+        self.timed(query, async {
+            let conn = self.conns.get(false, self.acquire_timeout).await?;
+            let (mut conn, out) = statement(conn).await;
+            conn.finish(&out);
+            match out {
+                Err(e) if conns::lost(&e) && conn.untested() => {
+                    drop(conn);
+                    // The others kept beside it are likely lost too: let the pool test them.
+                    self.conns.flush();
+                    let conn = self.conns.from_pool().await?;
+                    let (mut conn, out) = statement(conn).await;
+                    conn.finish(&out);
+                    out
+                }
+                out => out,
+            }
+        })
+        .await
+    }
+
+    /// Runs a statement that must not run twice (a write), timed as `query`, on a connection
+    /// tested first, as the pool does.
+    async fn write<T, F, Fut>(&self, query: PgQuery, statement: F) -> Result<T, StoreError>
+    where
+        F: FnOnce(Conn) -> Fut,
+        Fut: Future<Output = (Conn, Result<T, sqlx::Error>)>,
+    {
+        self.timed(query, async {
+            let conn = self.conns.get(true, self.acquire_timeout).await?;
+            let (mut conn, out) = statement(conn).await;
+            conn.finish(&out);
+            out
+        })
+        .await
     }
 
     /// Runs one named statement, recording count, errors and latency. A conflict or an invalid
@@ -156,8 +219,11 @@ impl Store {
 
     /// `SELECT 1`, for readiness.
     pub async fn ping(&self) -> Result<(), StoreError> {
-        self.timed(PgQuery::Ping, sqlx::query("SELECT 1").execute(&self.pool))
-            .await
-            .map(|_| ())
+        self.read(PgQuery::Ping, |mut c| async move {
+            let out = sqlx::query("SELECT 1").execute(c.raw()).await;
+            (c, out)
+        })
+        .await
+        .map(|_| ())
     }
 }

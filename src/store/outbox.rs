@@ -244,25 +244,28 @@ fn checked(row: Row) -> Option<OutboxChange> {
 impl Store {
     /// The newest committed outbox id (0 when empty), for the backlog gauge.
     pub async fn outbox_newest(&self) -> Result<i64, StoreError> {
-        self.timed(
-            PgQuery::OutboxNewest,
-            sqlx::query_scalar("SELECT COALESCE(max(id), 0) FROM sidecache_outbox")
-                .fetch_one(&self.pool),
-        )
+        self.read(PgQuery::OutboxNewest, |mut c| async move {
+            let out = sqlx::query_scalar("SELECT COALESCE(max(id), 0) FROM sidecache_outbox")
+                .fetch_one(c.raw())
+                .await;
+            (c, out)
+        })
         .await
     }
 
     /// Deletes outbox rows older than `retention`; returns how many.
     pub async fn prune_outbox(&self, retention: Duration) -> Result<u64, StoreError> {
-        self.timed(
-            PgQuery::OutboxPrune,
-            sqlx::query(
+        // Deleting what is past retention twice deletes nothing more: safe to retry.
+        self.read(PgQuery::OutboxPrune, |mut c| async move {
+            let out = sqlx::query(
                 "DELETE FROM sidecache_outbox \
                  WHERE created_at < clock_timestamp() - make_interval(secs => $1)",
             )
             .bind(retention.as_secs_f64())
-            .execute(&self.pool),
-        )
+            .execute(c.raw())
+            .await;
+            (c, out)
+        })
         .await
         .map(|r| r.rows_affected())
     }

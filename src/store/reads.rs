@@ -1,10 +1,12 @@
 //! The queries behind the lookups.
 
+use std::sync::LazyLock;
+
 use chrono::{DateTime, Utc};
 use sqlx::Row;
 
 use super::{Store, StoreError};
-use crate::domain::{Conversation, Lead, LeadId, OrgId, Organization, PhoneNumber};
+use crate::domain::{Conversation, Lead, LeadId, Organization};
 use crate::labels::PgQuery;
 
 pub(super) const ORG_COLUMNS: &str =
@@ -44,57 +46,15 @@ const STATS_SQL: &str = "SELECT count(*) AS conversation_count, \
              ORDER BY started_at DESC, id LIMIT 3) s), '{}') AS latest_summaries \
   FROM conversations WHERE lead_id = $1";
 
+/// Built once (the text is also the key of each connection's statement cache).
+static CONVERSATIONS_PAGE: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "SELECT {CONVERSATION_COLUMNS} FROM conversations WHERE lead_id = $1 \
+         ORDER BY started_at DESC, id LIMIT $2 OFFSET $3"
+    )
+});
+
 impl Store {
-    pub async fn org_by_id(&self, id: OrgId) -> Result<Option<Organization>, StoreError> {
-        let sql = format!("SELECT {ORG_COLUMNS} FROM organizations WHERE id = $1");
-        self.timed(
-            PgQuery::OrgById,
-            sqlx::query_as(&sql).bind(id).fetch_optional(&self.pool),
-        )
-        .await
-    }
-
-    pub async fn org_by_phone(
-        &self,
-        phone: &PhoneNumber,
-    ) -> Result<Option<Organization>, StoreError> {
-        let sql = format!("SELECT {ORG_COLUMNS} FROM organizations WHERE phone_number = $1");
-        self.timed(
-            PgQuery::OrgByPhone,
-            sqlx::query_as(&sql)
-                .bind(phone.as_str())
-                .fetch_optional(&self.pool),
-        )
-        .await
-    }
-
-    pub async fn lead_by_id(&self, id: LeadId) -> Result<Option<Lead>, StoreError> {
-        let sql = format!("SELECT {LEAD_COLUMNS} FROM leads WHERE id = $1");
-        self.timed(
-            PgQuery::LeadById,
-            sqlx::query_as(&sql).bind(id).fetch_optional(&self.pool),
-        )
-        .await
-    }
-
-    pub async fn lead_by_phone(
-        &self,
-        phone: &PhoneNumber,
-        org: OrgId,
-    ) -> Result<Option<Lead>, StoreError> {
-        let sql = format!(
-            "SELECT {LEAD_COLUMNS} FROM leads WHERE phone_number = $1 AND organization_id = $2"
-        );
-        self.timed(
-            PgQuery::LeadByPhone,
-            sqlx::query_as(&sql)
-                .bind(phone.as_str())
-                .bind(org)
-                .fetch_optional(&self.pool),
-        )
-        .await
-    }
-
     /// A lead with its organization (greeting, context).
     pub async fn lead_with_org(&self, id: LeadId) -> Result<Option<LeadWithOrg>, StoreError> {
         let sql = "SELECT l.id, l.organization_id, l.phone_number, l.first_name, l.last_name, l.email, \
@@ -104,10 +64,10 @@ impl Store {
                           o.version AS o_version, o.created_at AS o_created_at, o.updated_at AS o_updated_at \
                      FROM leads l JOIN organizations o ON o.id = l.organization_id WHERE l.id = $1";
         let row = self
-            .timed(
-                PgQuery::LeadWithOrg,
-                sqlx::query(sql).bind(id).fetch_optional(&self.pool),
-            )
+            .read(PgQuery::LeadWithOrg, |mut c| async move {
+                let out = sqlx::query(sql).bind(id).fetch_optional(c.raw()).await;
+                (c, out)
+            })
             .await?;
         let Some(row) = row else { return Ok(None) };
         let decode = |row: &sqlx::postgres::PgRow| -> Result<LeadWithOrg, sqlx::Error> {
@@ -137,28 +97,25 @@ impl Store {
         limit: i64,
         offset: i64,
     ) -> Result<Vec<Conversation>, StoreError> {
-        let sql = format!(
-            "SELECT {CONVERSATION_COLUMNS} FROM conversations WHERE lead_id = $1 \
-             ORDER BY started_at DESC, id LIMIT $2 OFFSET $3"
-        );
-        self.timed(
-            PgQuery::ConversationsPage,
-            sqlx::query_as(&sql)
+        self.read(PgQuery::ConversationsPage, |mut c| async move {
+            let out = sqlx::query_as(&CONVERSATIONS_PAGE)
                 .bind(lead)
                 .bind(limit)
                 .bind(offset)
-                .fetch_all(&self.pool),
-        )
+                .fetch_all(c.raw())
+                .await;
+            (c, out)
+        })
         .await
     }
 
     /// Count, last contact and latest summaries of a lead's conversations.
     pub async fn conversation_stats(&self, lead: LeadId) -> Result<ConversationStats, StoreError> {
         let row = self
-            .timed(
-                PgQuery::ConversationStats,
-                sqlx::query(STATS_SQL).bind(lead).fetch_one(&self.pool),
-            )
+            .read(PgQuery::ConversationStats, |mut c| async move {
+                let out = sqlx::query(STATS_SQL).bind(lead).fetch_one(c.raw()).await;
+                (c, out)
+            })
             .await?;
         let get = |row: &sqlx::postgres::PgRow| -> Result<ConversationStats, sqlx::Error> {
             Ok(ConversationStats {
@@ -172,12 +129,13 @@ impl Store {
 
     /// Whether a lead exists (history of an unknown lead is a 404, not an empty page).
     pub async fn lead_exists(&self, lead: LeadId) -> Result<bool, StoreError> {
-        self.timed(
-            PgQuery::LeadExists,
-            sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM leads WHERE id = $1)")
+        self.read(PgQuery::LeadExists, |mut c| async move {
+            let out = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM leads WHERE id = $1)")
                 .bind(lead)
-                .fetch_one(&self.pool),
-        )
+                .fetch_one(c.raw())
+                .await;
+            (c, out)
+        })
         .await
     }
 }

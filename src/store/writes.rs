@@ -148,12 +148,13 @@ impl Store {
             _ => "SELECT version FROM conversations WHERE id = $1",
         };
         match self
-            .timed(
-                PgQuery::VersionOf,
-                sqlx::query_scalar::<_, i64>(sql)
+            .read(PgQuery::VersionOf, |mut c| async move {
+                let out = sqlx::query_scalar::<_, i64>(sql)
                     .bind(id)
-                    .fetch_optional(&self.pool),
-            )
+                    .fetch_optional(c.raw())
+                    .await;
+                (c, out)
+            })
             .await
         {
             Ok(Some(current)) => StoreError::PreconditionFailed { current },
@@ -172,16 +173,17 @@ impl Store {
              RETURNING {ORG_COLUMNS}, {TXID}"
         );
         let row = self
-            .timed(
-                PgQuery::CreateOrg,
-                sqlx::query(&sql)
+            .write(PgQuery::CreateOrg, |mut c| async move {
+                let out = sqlx::query(&sql)
                     .bind(&new.name)
                     .bind(new.phone.as_str())
                     .bind(&new.timezone)
                     .bind(&new.greeting_template)
                     .bind(&new.settings)
-                    .fetch_one(&self.pool),
-            )
+                    .fetch_one(c.raw())
+                    .await;
+                (c, out)
+            })
             .await
             .map_err(|e| match e {
                 StoreError::Conflict(_) => {
@@ -206,9 +208,8 @@ impl Store {
         if_match: Option<i64>,
     ) -> Result<(Organization, Commit), StoreError> {
         let row = self
-            .timed(
-                PgQuery::UpdateOrg,
-                sqlx::query(&UPDATE_ORG)
+            .write(PgQuery::UpdateOrg, |mut c| async move {
+                let out = sqlx::query(&UPDATE_ORG)
                     .bind(id)
                     .bind(&p.name)
                     .bind(p.phone.as_ref().map(PhoneNumber::as_str))
@@ -216,8 +217,10 @@ impl Store {
                     .bind(&p.greeting_template)
                     .bind(&p.settings)
                     .bind(if_match)
-                    .fetch_optional(&self.pool),
-            )
+                    .fetch_optional(c.raw())
+                    .await;
+                (c, out)
+            })
             .await
             .map_err(|e| match e {
                 StoreError::Conflict(_) => {
@@ -244,9 +247,8 @@ impl Store {
              VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING {LEAD_COLUMNS}, {TXID}"
         );
         let row = self
-            .timed(
-                PgQuery::CreateLead,
-                sqlx::query(&sql)
+            .write(PgQuery::CreateLead, |mut c| async move {
+                let out = sqlx::query(&sql)
                     .bind(new.org)
                     .bind(new.phone.as_str())
                     .bind(&new.first_name)
@@ -254,8 +256,10 @@ impl Store {
                     .bind(&new.email)
                     .bind(new.status.as_str())
                     .bind(&new.attributes)
-                    .fetch_one(&self.pool),
-            )
+                    .fetch_one(c.raw())
+                    .await;
+                (c, out)
+            })
             .await
             .map_err(|e| match e {
                 StoreError::Conflict(_) => StoreError::Conflict(
@@ -284,9 +288,8 @@ impl Store {
         if_match: Option<i64>,
     ) -> Result<(Lead, Commit), StoreError> {
         let row = self
-            .timed(
-                PgQuery::UpdateLead,
-                sqlx::query(&UPDATE_LEAD)
+            .write(PgQuery::UpdateLead, |mut c| async move {
+                let out = sqlx::query(&UPDATE_LEAD)
                     .bind(id)
                     .bind(p.phone.as_ref().map(PhoneNumber::as_str))
                     .bind(p.first_name.is_some())
@@ -298,8 +301,10 @@ impl Store {
                     .bind(p.status.map(LeadStatus::as_str))
                     .bind(&p.attributes)
                     .bind(if_match)
-                    .fetch_optional(&self.pool),
-            )
+                    .fetch_optional(c.raw())
+                    .await;
+                (c, out)
+            })
             .await
             .map_err(|e| match e {
                 StoreError::Conflict(_) => StoreError::Conflict(
@@ -323,14 +328,13 @@ impl Store {
 
     pub async fn delete_lead(&self, id: LeadId) -> Result<Commit, StoreError> {
         let row: Option<(OrgId, String, i64)> = self
-            .timed(
-                PgQuery::DeleteLead,
-                sqlx::query_as(&format!(
+            .write(PgQuery::DeleteLead, |mut c| async move {
+                let out = sqlx::query_as(&format!(
                     "DELETE FROM leads WHERE id = $1 RETURNING organization_id, phone_number, {TXID}"
                 ))
-                .bind(id)
-                .fetch_optional(&self.pool),
-            )
+                .bind(id).fetch_optional(c.raw()).await;
+                (c, out)
+            })
             .await?;
         let (org, old, txid) = row.ok_or(StoreError::NotFound)?;
         let change = Change::Lead {
@@ -357,17 +361,18 @@ impl Store {
              RETURNING {CONVERSATION_COLUMNS}, {TXID}"
         );
         let row = self
-            .timed(
-                PgQuery::CreateConversation,
-                sqlx::query(&sql)
+            .write(PgQuery::CreateConversation, |mut c| async move {
+                let out = sqlx::query(&sql)
                     .bind(lead)
                     .bind(new.channel.as_str())
                     .bind(new.direction.as_str())
                     .bind(&new.summary)
                     .bind(new.started_at)
                     .bind(new.ended_at)
-                    .fetch_optional(&self.pool),
-            )
+                    .fetch_optional(c.raw())
+                    .await;
+                (c, out)
+            })
             .await?;
         let row = row.ok_or(StoreError::NotFound)?;
         let (conv, txid): (Conversation, _) = decode(&row)?;
@@ -394,17 +399,18 @@ impl Store {
              RETURNING {CONVERSATION_COLUMNS}, {TXID}"
         );
         let row = self
-            .timed(
-                PgQuery::UpdateConversation,
-                sqlx::query(&sql)
+            .write(PgQuery::UpdateConversation, |mut c| async move {
+                let out = sqlx::query(&sql)
                     .bind(id)
                     .bind(p.summary.is_some())
                     .bind(p.summary.clone().flatten())
                     .bind(p.ended_at.is_some())
                     .bind(p.ended_at.flatten())
                     .bind(if_match)
-                    .fetch_optional(&self.pool),
-            )
+                    .fetch_optional(c.raw())
+                    .await;
+                (c, out)
+            })
             .await?;
         let Some(row) = row else {
             return Err(self.miss_reason("conversations", id.0).await);
