@@ -161,6 +161,14 @@ impl Report {
 
     /// The measurements, the targets, then the mixed workload by kind and by route.
     pub(crate) fn print(&self) {
+        if !self.lines.is_empty() {
+            self.print_lines();
+        }
+        self.print_goals();
+        self.print_mixed();
+    }
+
+    fn print_lines(&self) {
         println!(
             "\nclosed loop: wrk, {CONNECTIONS} connections; open loop: this bench's generator, {CONNECTIONS} connections, latency from each request's scheduled time"
         );
@@ -207,6 +215,9 @@ impl Report {
                 }
             );
         }
+    }
+
+    fn print_goals(&self) {
         println!(
             "\n{:<36} {:<36} {:<24} {:>6}  {:<26} {:<6}  baseline",
             "target row", "figure", "baseline figure", "ratio", "target", "met"
@@ -223,6 +234,9 @@ impl Report {
                 g.baseline
             );
         }
+    }
+
+    fn print_mixed(&self) {
         if let Some(kinds) = self.json["mixed"]["hit_ratio_by_kind"].as_object() {
             println!("\nmixed workload, by kind: lookups, hit L1 %, hit L2 %, miss %");
             for (k, v) in kinds {
