@@ -2,18 +2,18 @@
 //!
 //! sqlx's pool tests a connection with a round trip to Postgres (a Sync, answered by
 //! ReadyForQuery) when it hands it out, and again, in a spawned task, when it takes it back: with
-//! the statement itself, three round trips per lookup where one does the work, and Postgres
-//! spends about as much on the two tests as on the query. Here a connection whose statement ran
-//! to its end goes to the longest-waiting statement, else on a stack, and the next statement
-//! uses it as it is.
+//! the statement itself, three round trips per lookup where one does the work. Here a connection
+//! whose statement ran to its end goes to the longest-waiting statement, else onto a stack, and
+//! the next statement uses it as it is.
 //!
 //! sqlx still opens, tests and closes every connection and counts it against `max_connections`.
 //! A connection that may have died unseen is tested first, as sqlx would: one idle here for
 //! longer than [`MAX_IDLE`], and one taken from the pool's idle ones. The oldest idle one goes
 //! back to the pool once it has been idle that long (the pool's idle limit then applies), and so
-//! does one out for longer than [`MAX_HELD`] when nobody waits (its lifetime limit). A read that
-//! meets a lost connection all the same runs once more on a tested one; a write is always given a
-//! tested connection, as before.
+//! does one out for longer than [`MAX_HELD`] while another is idle here (its lifetime limit). A
+//! read that meets a lost connection all the same runs once more on one the pool tested or
+//! opened, and the idle ones kept here are closed (they most likely went with it); a write is
+//! always given a tested connection, as before.
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, Weak};
@@ -119,10 +119,10 @@ impl Conns {
                 Ok(conn)
             }
             _ => {
-                // Likely not the only one: let the pool test them all, and take one it tested.
+                // Likely not the only one.
                 conn.discard();
                 drop(conn);
-                self.flush();
+                self.close_idle();
                 self.from_pool().await
             }
         }
@@ -233,9 +233,20 @@ impl Conns {
         drop(stale);
     }
 
-    /// Hands every idle connection kept here back to the pool (which tests each).
-    pub(super) fn flush(&self) {
+    /// Hands every idle connection kept here back to the pool.
+    fn flush(&self) {
         let all = std::mem::take(&mut self.lock().idle);
+        drop(all);
+    }
+
+    /// After one was found lost: closes every idle connection kept here, as the pool closes one
+    /// that fails its test (they most likely went together, with a restart or a network cut;
+    /// handed back, each would log a failed test at WARN). The pool opens new ones as needed.
+    pub(super) fn close_idle(&self) {
+        let mut all = std::mem::take(&mut self.lock().idle);
+        for held in &mut all {
+            held.conn.close_on_drop();
+        }
         drop(all);
     }
 
@@ -282,12 +293,13 @@ impl Conn {
         }
     }
 
-    /// Records how the statement ended: the connection is kept unless it was lost.
+    /// Records how the statement ended: the connection is kept unless it was lost, and then
+    /// closed (as the pool closes one that fails its test) rather than handed back.
     pub(super) fn finish<T>(&mut self, result: &Result<T, sqlx::Error>) {
-        self.clean = match result {
-            Ok(_) => true,
-            Err(e) => !lost(e),
-        };
+        match result {
+            Err(e) if lost(e) => self.discard(),
+            _ => self.clean = true,
+        }
     }
 
     /// Closes it when dropped instead of handing it back to the pool (it may hang).

@@ -161,8 +161,8 @@ impl Store {
             match out {
                 Err(e) if conns::lost(&e) && conn.untested() => {
                     drop(conn);
-                    // The others kept beside it are likely lost too: let the pool test them.
-                    self.conns.flush();
+                    // The others kept beside it are likely lost too.
+                    self.conns.close_idle();
                     let conn = self.conns.from_pool().await?;
                     let (mut conn, out) = statement(conn).await;
                     conn.finish(&out);
