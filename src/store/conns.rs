@@ -131,6 +131,9 @@ impl Conns {
     /// The most recently used idle connection; else one of the pool's (idle, or new while it
     /// is below its size); else, when every connection is out, the first one handed back.
     async fn take(self: &Arc<Self>) -> Result<(Conn, Check), sqlx::Error> {
+        if !self.keep {
+            return Ok((self.from_pool().await?, Check::Tested));
+        }
         let rx = {
             let mut state = self.lock();
             if let Some(held) = state.idle.pop_back() {
