@@ -34,7 +34,7 @@ impl Report {
             phase: state.health.phase(),
             postgres_up: state.health.postgres_up(),
             pool_size: pool.size(),
-            pool_idle: pool.num_idle(),
+            pool_idle: state.store.idle_connections(),
             redis_enabled: state.redis_enabled,
             redis_connected: remote.is_some_and(|r| r.is_up()),
             breaker: remote.map_or("disabled", |r| r.breaker_state().as_str()),
