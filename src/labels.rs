@@ -251,6 +251,74 @@ labels! {
         Scan => "scan",
         Unlink => "unlink",
         Connect => "connect",
+        SessionRead => "session_read",
+        SessionWrite => "session_write",
+        SessionList => "session_list",
+        StreamAdd => "stream_add",
+        StreamRead => "stream_read",
+        RateLimit => "rate_limit",
+    }
+}
+
+labels! {
+    /// Session operations (the `op` label).
+    SessionOp {
+        Put => "put",
+        Get => "get",
+        Patch => "patch",
+        Touch => "touch",
+        Delete => "delete",
+        List => "list",
+    }
+}
+
+labels! {
+    /// Where a session, an event stream or a rate-limit count lives: shared in Redis, or in
+    /// this instance's memory (Redis off, down or skipped by the breaker).
+    StateStore {
+        Redis => "redis",
+        Memory => "memory",
+    }
+}
+
+labels! {
+    /// How a session operation ended.
+    SessionOutcome {
+        Ok => "ok",
+        NotFound => "not_found",
+        Conflict => "version_mismatch",
+        TooLarge => "too_large",
+        Invalid => "invalid",
+        Full => "memory_full",
+    }
+}
+
+labels! {
+    /// What became of a session written to memory while Redis was away, once Redis was back.
+    WriteBack {
+        /// Written to Redis.
+        Written => "written",
+        /// Redis held a more recent write; kept.
+        Superseded => "superseded",
+        /// It expired before Redis came back.
+        Expired => "expired",
+    }
+}
+
+labels! {
+    /// What keeps shared call state (the `what` label of fallbacks to memory).
+    StateUser {
+        Sessions => "sessions",
+        Events => "events",
+        RateLimits => "rate_limits",
+    }
+}
+
+labels! {
+    /// A rate-limit decision, and who made it.
+    RateDecision {
+        Allowed => "allowed",
+        Denied => "denied",
     }
 }
 
@@ -288,6 +356,9 @@ labels! {
         Listener => "listener",
         Bus => "bus",
         Admin => "admin",
+        Sessions => "sessions",
+        Events => "events",
+        RateLimits => "rate_limits",
     }
 }
 

@@ -29,6 +29,8 @@ pub mod metrics;
 pub mod redis;
 /// Demo and bulk data generation (`serve --demo`, `seed`).
 pub mod seed;
+/// Shared call state: sessions (Redis, or memory while it is away), event streams, rate limits.
+pub mod sessions;
 /// Process wiring: `Application::build`, background tasks, graceful shutdown.
 pub mod startup;
 /// Postgres: queries and writes (each returns a `Change`), the outbox; maps its errors into the

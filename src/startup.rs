@@ -18,6 +18,7 @@ use crate::invalidation::{Bus, Invalidator, Listener};
 use crate::labels::Component;
 use crate::lifecycle::{self, Health, Phase, Shutdown};
 use crate::metrics::Metrics;
+use crate::sessions::{Clock, Events, RateLimiter, Sessions};
 use crate::store::Store;
 
 /// The embedded migrations.
@@ -138,9 +139,38 @@ impl Application {
             (Component::Listener, co.listener),
             (Component::Bus, bus_on),
             (Component::Admin, settings.admin.token.is_set()),
+            (Component::Sessions, true),
+            (Component::Events, true),
+            (
+                Component::RateLimits,
+                !settings.rate_limits.limits.is_empty(),
+            ),
         ] {
             metrics.component(component, on);
         }
+        let shared_redis = remote
+            .as_ref()
+            .map(|r| (r.redis().clone(), r.keys().clone()));
+        let keys = crate::redis::Keys::new(&settings.redis.namespace);
+        let sessions = Arc::new(Sessions::new(
+            settings.sessions.config(),
+            shared_redis.clone(),
+            Arc::new(Clock::default()),
+            metrics.clone(),
+        ));
+        let events = Arc::new(Events::new(
+            settings.events.config(),
+            keys,
+            shared_redis.as_ref().map(|(r, _)| r.clone()),
+            sessions.clone(),
+            metrics.clone(),
+        ));
+        let rate_limits = Arc::new(RateLimiter::new(
+            settings.rate_limits.limits(),
+            shared_redis,
+            settings.rate_limits.policy(),
+            metrics.clone(),
+        ));
         let health = Arc::new(Health::default());
         let state = AppState(Arc::new(AppInner {
             answers: Answers::new(cache.clone(), store.clone()),
@@ -161,6 +191,9 @@ impl Application {
             postgres_url: settings.postgres.url.redacted(),
             redis_url: settings.redis.url.redacted(),
             l1_max_bytes: settings.cache.l1_max_bytes,
+            sessions,
+            events,
+            rate_limits,
         }));
         let addr = settings.server.listen;
         let listener = TcpListener::bind(addr)
@@ -237,6 +270,7 @@ impl Application {
         tokio::select! {
             res = &mut server => res?,
             _ = stop => {
+                state.events.close();
                 // Not ready any more (load balancers stop sending), but still serving for the
                 // drain delay, so requests already routed here are not refused.
                 state.health.set_phase(Phase::Draining);
@@ -308,6 +342,30 @@ fn spawn_background(state: &AppState, shutdown: Shutdown) -> Vec<tokio::task::Jo
     }
     if let Some(bus) = &state.bus {
         tasks.extend(bus.spawn(state.invalidator.clone(), shutdown.clone()));
+    }
+    tasks.push(tokio::spawn(state.events.clone().listen(shutdown.clone())));
+    {
+        // Sessions kept in memory while Redis was away are written back as soon as it answers;
+        // the gauges of live sessions are refreshed every few seconds.
+        let sessions = state.sessions.clone();
+        let mut shutdown = shutdown.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_millis(250));
+            let mut n: u32 = 0;
+            loop {
+                tokio::select! {
+                    _ = tick.tick() => {}
+                    _ = shutdown.recv() => break,
+                }
+                if sessions.owes() {
+                    sessions.write_back().await;
+                }
+                n = n.wrapping_add(1);
+                if n % 20 == 1 {
+                    sessions.measure().await;
+                }
+            }
+        }));
     }
     if let Some(remote) = state.cache.remote().cloned() {
         let cache = state.cache.clone();

@@ -19,6 +19,7 @@ mod postgres;
 mod redis;
 mod secret;
 mod server;
+mod state;
 mod typed;
 
 use std::path::{Path, PathBuf};
@@ -36,6 +37,7 @@ pub use postgres::PostgresSettings;
 pub use redis::RedisSettings;
 pub use secret::{redact_url, Secret, SecretUrl};
 pub use server::ServerSettings;
+pub use state::{EventsSettings, LimitSettings, OnRedisDown, RateLimitSettings, SessionsSettings};
 
 /// A bad setting: one line naming the key and its source.
 #[derive(Debug, thiserror::Error)]
@@ -84,6 +86,9 @@ pub struct Settings {
     pub coherence: CoherenceSettings,
     pub admin: AdminSettings,
     pub log: LogSettings,
+    pub sessions: SessionsSettings,
+    pub events: EventsSettings,
+    pub rate_limits: RateLimitSettings,
 }
 
 /// Values given on the command line (highest precedence). `None` = not given.
@@ -241,6 +246,9 @@ impl Settings {
         self.cache.validate()?;
         self.admin.validate()?;
         self.coherence.validate()?;
+        self.sessions.validate()?;
+        self.events.validate()?;
+        self.rate_limits.validate()?;
         self.log.validate()
     }
 

@@ -3,6 +3,7 @@
 
 mod admin;
 mod error;
+mod events;
 mod extract;
 mod front;
 mod lookups;
@@ -10,15 +11,17 @@ mod middleware;
 /// The OpenAPI document (`/openapi.json`).
 pub mod openapi;
 mod ops;
+mod ratelimits;
 mod report;
 mod request_id;
+mod sessions;
 mod writes;
 
 use std::sync::Arc;
 
 use axum::extract::DefaultBodyLimit;
 use axum::http::StatusCode;
-use axum::routing::{get, patch, post};
+use axum::routing::{get, patch, post, put};
 use axum::Router;
 use tower_http::catch_panic::CatchPanicLayer;
 
@@ -38,6 +41,7 @@ use crate::domain::PhoneParser;
 use crate::invalidation::{Bus, Invalidator, Listener};
 use crate::lifecycle::Health;
 use crate::metrics::Metrics;
+use crate::sessions::{Events, RateLimiter, Sessions};
 use crate::store::Store;
 
 /// Everything a handler needs.
@@ -64,6 +68,12 @@ pub struct AppInner {
     pub postgres_url: String,
     pub redis_url: String,
     pub l1_max_bytes: u64,
+    /// Call sessions (Redis, or memory while it is away).
+    pub sessions: Arc<Sessions>,
+    /// Event streams and their SSE subscribers.
+    pub events: Arc<Events>,
+    /// Named rate limits.
+    pub rate_limits: Arc<RateLimiter>,
 }
 
 /// Cheaply cloneable handle to the shared state.
@@ -108,6 +118,29 @@ pub(crate) fn router(state: AppState, body_limit: usize) -> Router {
         )
         .route("/v1/conversations/{id}", patch(writes::update_conversation))
         .route("/v1/calls/initiation", get(lookups::initiation));
+    // A session's data may be as large as `sessions.max_bytes`, beside its envelope.
+    let session_limit = body_limit.max(state.sessions.max_bytes() + 4096);
+    let state_routes = Router::new()
+        .route("/v1/sessions", get(sessions::list))
+        .route(
+            "/v1/sessions/{id}",
+            put(sessions::put)
+                .get(sessions::get)
+                .patch(sessions::patch)
+                .delete(sessions::delete),
+        )
+        .route("/v1/sessions/{id}/touch", post(sessions::touch))
+        .layer(DefaultBodyLimit::max(session_limit))
+        .route(
+            "/v1/sessions/{id}/events",
+            post(events::post_session).get(events::get_session),
+        )
+        .route(
+            "/v1/topics/{name}/events",
+            post(events::post_topic).get(events::get_topic),
+        )
+        .route("/v1/rate-limits/{name}/check", post(ratelimits::check));
+    let v1 = v1.merge(state_routes);
     let ops = Router::new()
         .route("/healthz", get(ops::healthz))
         .route("/readyz", get(ops::readyz))

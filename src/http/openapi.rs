@@ -8,7 +8,7 @@ use axum::response::{IntoResponse, Response};
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use super::{admin, lookups, ops, writes, AppState};
+use super::{admin, events, lookups, ops, ratelimits, sessions, writes, AppState};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -34,6 +34,17 @@ use super::{admin, lookups, ops, writes, AppState};
         writes::delete_lead,
         writes::create_conversation,
         writes::update_conversation,
+        sessions::put,
+        sessions::get,
+        sessions::patch,
+        sessions::touch,
+        sessions::delete,
+        sessions::list,
+        events::post_session,
+        events::get_session,
+        events::post_topic,
+        events::get_topic,
+        ratelimits::check,
         ops::healthz,
         ops::readyz,
         ops::metrics,
@@ -46,6 +57,9 @@ use super::{admin, lookups, ops, writes, AppState};
     tags(
         (name = "lookups", description = "Cached, read-through"),
         (name = "writes", description = "To Postgres first, then invalidation, then the answer"),
+        (name = "sessions", description = "Call sessions shared by handler instances (Redis; this instance's memory while it is away)"),
+        (name = "events", description = "Event streams per session and topic, delivered over Server-Sent Events on every instance"),
+        (name = "rate limits", description = "Named limits, exact across the fleet (GCRA)"),
         (name = "operations", description = "Health, readiness, metrics"),
         (name = "admin", description = "Mounted only when admin.token is set; bearer token"),
     )

@@ -50,6 +50,10 @@ pub(super) async fn readyz(State(state): State<AppState>) -> Response {
                 "applied_id": r.applied_id,
             },
             "bus": { "state": r.bus.as_str() },
+            "sessions": {
+                "store": state.sessions.store().as_str(),
+                "owed_write_backs": state.sessions.owes(),
+            },
             "instance": state.instance,
         }),
     )

@@ -32,7 +32,7 @@ pub(super) const OVERLOAD: &str =
     "Requests answered 503 with Retry-After because the concurrency limit was reached.";
 pub(super) const ADMIN_AUTH: &str =
     "Requests to /admin refused for a missing or wrong bearer token (401).";
-pub(super) const COMPONENT: &str = "1 if a component is switched on by configuration (l1, redis, listener, bus, admin), else 0; alerts on a component being down only apply when it is on.";
+pub(super) const COMPONENT: &str = "1 if a component is switched on by configuration (l1, redis, listener, bus, admin, sessions, events, rate_limits), else 0; alerts on a component being down only apply when it is on.";
 pub(super) const IN_FLIGHT: &str =
     "API requests being handled now (bounded by server.max_concurrency).";
 pub(super) const L1_ENTRIES: &str = "Entries held in the in-process cache (L1).";

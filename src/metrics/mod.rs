@@ -5,10 +5,12 @@
 
 mod help;
 mod snapshot;
+mod state;
 
 use help::*;
 
 pub use snapshot::{hit_ratio, l1_hit_ratio, quantile, ratio, Counts, Lag, Rates, Snapshot};
+pub use state::StateMetrics;
 
 use std::sync::{Arc, OnceLock};
 
@@ -84,6 +86,8 @@ pub struct Metrics {
     l1_flushes: Vec<IntCounter>,
     redis_resets: Vec<IntCounter>,
     lease_waits: Vec<IntCounter>,
+    /// Sessions, events and rate limits.
+    pub state: StateMetrics,
 }
 
 /// Builds families and registers them, panicking only on a programming error in a definition.
@@ -105,6 +109,14 @@ impl Builder {
             .register(Box::new(h.clone()))
             .expect("metric registered once");
         h
+    }
+
+    fn gauge_vec(&self, name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
+        let g = IntGaugeVec::new(Opts::new(name, help), labels).expect("valid metric definition");
+        self.0
+            .register(Box::new(g.clone()))
+            .expect("metric registered once");
+        g
     }
 
     fn counter(&self, name: &str, help: &str) -> IntCounter {
@@ -373,7 +385,9 @@ impl Metrics {
             &LeaseOutcome::ALL,
             LeaseOutcome::as_str,
         );
+        let state = StateMetrics::new(&b);
         Arc::new(Metrics {
+            state,
             registry: b.0,
             http_requests,
             http_duration,

@@ -12,6 +12,15 @@
 //! | `{ns}:v1:applied:{txid}[:{group}]` | a transaction's invalidation has landed |
 //! | `{ns}:v1incarnation`, `{ns}:v1server`, `{ns}:v1clock` | the namespace's incarnation, the server it was checked on, the fence clock |
 //! | `{ns}:v1:bus` | the peer bus channel |
+//! | `{ns}:state:v1:session:{id}` | a session (hash: version, times, data) |
+//! | `{ns}:state:v1:sessions:ids`, `…:sessions:exp` | the session index: ids by name, and by expiry |
+//! | `{ns}:state:v1:events:session:{id}`, `…:events:topic:{name}` | event streams |
+//! | `{ns}:state:v1:evtrim:session:{id}`, `…:evtrim:topic:{name}` | a stream's trim mark (newest id trimmed) |
+//! | `{ns}:state:v1:events` | the channel that tells every instance a stream moved |
+//! | `{ns}:state:v1:rl:{limit}:{key}` | a rate limit's theoretical arrival time |
+//!
+//! Shared call state lives under `{ns}:state:v1:`, beside the cache's prefix and not under it:
+//! a cache flush or a namespace reset (SCAN of `{ns}:v1:*`) must never drop a session.
 //!
 //! Keys are built from key text (`lead:id:…`), kind labels and tag names, so this module does
 //! not depend on the cache's types.
@@ -25,6 +34,7 @@ pub struct Keys {
     incarnation: String,
     server: String,
     clock: String,
+    state: String,
 }
 
 impl Keys {
@@ -34,6 +44,7 @@ impl Keys {
             incarnation: format!("{namespace}:v1incarnation"),
             server: format!("{namespace}:v1server"),
             clock: format!("{namespace}:v1clock"),
+            state: format!("{namespace}:state:v1:"),
         }
     }
 
@@ -98,6 +109,47 @@ impl Keys {
     pub fn strip<'a>(&self, full: &'a str) -> Option<&'a str> {
         full.strip_prefix(self.prefix.as_str())
     }
+    /// `{namespace}:state:v1:`, the start of every key of the shared call state.
+    pub fn state_prefix(&self) -> &str {
+        &self.state
+    }
+    fn state_key(&self, part: &str, rest: &str) -> String {
+        let mut key = String::with_capacity(self.state.len() + part.len() + rest.len());
+        key.push_str(&self.state);
+        key.push_str(part);
+        key.push_str(rest);
+        key
+    }
+    pub fn session(&self, id: &str) -> String {
+        self.state_key("session:", id)
+    }
+    /// The session index by id (a sorted set of score 0, read by lexical range).
+    pub fn session_ids(&self) -> String {
+        self.state_key("sessions:ids", "")
+    }
+    /// The session index by expiry (score: expiry in ms).
+    pub fn session_expiries(&self) -> String {
+        self.state_key("sessions:exp", "")
+    }
+    /// A session's event stream.
+    pub fn session_stream(&self, id: &str) -> String {
+        self.state_key("events:session:", id)
+    }
+    /// A topic's event stream.
+    pub fn topic_stream(&self, name: &str) -> String {
+        self.state_key("events:topic:", name)
+    }
+    /// The channel on which every instance hears that a stream moved.
+    pub fn events_channel(&self) -> String {
+        self.state_key("events", "")
+    }
+    /// A rate limit's state for one key.
+    pub fn rate_limit(&self, limit: &str, key: &str) -> String {
+        let mut k = self.state_key("rl:", limit);
+        k.push(':');
+        k.push_str(key);
+        k
+    }
     /// The peer bus's channel.
     pub fn bus_channel(&self) -> String {
         format!("{}bus", self.prefix)
@@ -123,6 +175,13 @@ mod tests {
         for outside in [k.incarnation(), k.server(), k.clock()] {
             assert!(!outside.starts_with(k.prefix()), "{outside}");
         }
+        assert_eq!(k.session("call:1"), "ns:state:v1:session:call:1");
+        assert_eq!(k.session_stream("a"), "ns:state:v1:events:session:a");
+        assert_eq!(k.topic_stream("t"), "ns:state:v1:events:topic:t");
+        assert_eq!(k.rate_limit("voice", "u:1"), "ns:state:v1:rl:voice:u:1");
+        // Shared state is never under the cache's prefix: a flush or reset cannot drop it.
+        assert!(!k.session("x").starts_with(k.prefix()));
+        assert!(!k.session_ids().starts_with(k.prefix()));
         assert_eq!(k.strip("ns:v1:context:9"), Some("context:9"));
         assert_eq!(k.strip("other:v1:context:9"), None);
     }

@@ -56,7 +56,7 @@ const CHUNK: usize = 500;
 
 /// The Redis tier.
 pub struct Remote {
-    redis: Redis,
+    redis: Arc<Redis>,
     keys: Keys,
     scripts: Scripts,
     metrics: Arc<Metrics>,
@@ -80,7 +80,7 @@ impl Remote {
     /// Prepares the tier without connecting; [`Remote::connect`] does that (and may keep trying).
     pub fn new(cfg: &RemoteConfig, metrics: Arc<Metrics>) -> Result<Self, CacheError> {
         Ok(Remote {
-            redis: Redis::new(&cfg.redis, metrics.clone())?,
+            redis: Arc::new(Redis::new(&cfg.redis, metrics.clone())?),
             keys: Keys::new(&cfg.namespace),
             scripts: Scripts::default(),
             incarnation: Incarnation::new(metrics.clone()),
@@ -92,6 +92,12 @@ impl Remote {
             checked_through: AtomicU64::new(u64::MAX),
             checks_held: AtomicBool::new(false),
         })
+    }
+
+    /// The Redis connection and its guarded call, shared with the sessions, events and rate
+    /// limits (one breaker: when Redis fails, every user of it learns at once).
+    pub fn redis(&self) -> &Arc<Redis> {
+        &self.redis
     }
 
     /// The key layout of this namespace.

@@ -1,0 +1,387 @@
+//! Sessions in Redis, shared by every instance: one hash per session (`v` version, `c`
+//! created, `u` updated, `e` expires — Unix ms — and `d` the data as JSON text) and an index of
+//! two sorted sets (ids by name, for listing by prefix without `KEYS`; ids by expiry, to drop
+//! the expired ones). Every write is one script: the version check and the write are one atomic
+//! step, so `If-Match` is exact and two writers can never both win one version.
+//!
+//! Expiry is decided by the instances' clock, passed to every script (`now`): a session whose
+//! `e` has passed reads as absent. Redis expires the key itself a minute later, as a backstop
+//! that survives clock skew between instances.
+
+use std::sync::Arc;
+
+use redis::Script;
+
+use super::doc::Doc;
+use crate::labels::RedisOp;
+use crate::redis::{Keys, Redis, RedisError};
+
+/// Redis keeps a key this long past its expiry (clock skew between instances).
+const BACKSTOP_MS: i64 = 60_000;
+
+const WRITE_LUA: &str = r#"
+-- KEYS: session, ids index, expiry index
+-- ARGV: id, expected version ('any'; 0 = must not exist), data, now ms, ttl ms, backstop ms
+-- Returns {1, version, created} when written, {0, current version} when the version differs.
+local now = tonumber(ARGV[4])
+local h = redis.call('HMGET', KEYS[1], 'v', 'c', 'e')
+local cur, created = 0, now
+if h[1] and tonumber(h[3]) > now then cur = tonumber(h[1]); created = tonumber(h[2]) end
+if ARGV[2] ~= 'any' and tonumber(ARGV[2]) ~= cur then return {0, cur} end
+local exp = now + tonumber(ARGV[5])
+redis.call('HSET', KEYS[1], 'v', cur + 1, 'c', created, 'u', now, 'e', exp, 'd', ARGV[3])
+redis.call('PEXPIREAT', KEYS[1], exp + tonumber(ARGV[6]))
+redis.call('ZADD', KEYS[2], 0, ARGV[1])
+redis.call('ZADD', KEYS[3], exp, ARGV[1])
+return {1, cur + 1, created}
+"#;
+
+const TOUCH_LUA: &str = r#"
+-- KEYS: session, expiry index; ARGV: id, now ms, ttl ms, backstop ms
+-- Returns the session {v, c, u, e, d} with its new expiry, or false if there is none.
+local h = redis.call('HMGET', KEYS[1], 'v', 'c', 'u', 'e', 'd')
+local now = tonumber(ARGV[2])
+if not h[1] or tonumber(h[4]) <= now then return false end
+local exp = now + tonumber(ARGV[3])
+redis.call('HSET', KEYS[1], 'e', exp)
+redis.call('PEXPIREAT', KEYS[1], exp + tonumber(ARGV[4]))
+redis.call('ZADD', KEYS[2], exp, ARGV[1])
+h[4] = tostring(exp)
+return h
+"#;
+
+const DELETE_LUA: &str = r#"
+-- KEYS: session, ids index, expiry index; ARGV: id, expected version ('any'), now ms
+-- Returns {1, version} deleted, {0, 0} there was none, {-1, current} the version differs.
+local h = redis.call('HMGET', KEYS[1], 'v', 'e')
+local live = h[1] and tonumber(h[2]) > tonumber(ARGV[3])
+if live and ARGV[2] ~= 'any' and tonumber(ARGV[2]) ~= tonumber(h[1]) then
+  return {-1, tonumber(h[1])}
+end
+redis.call('DEL', KEYS[1])
+redis.call('ZREM', KEYS[2], ARGV[1])
+redis.call('ZREM', KEYS[3], ARGV[1])
+if live then return {1, tonumber(h[1])} end
+return {0, 0}
+"#;
+
+const WRITE_BACK_LUA: &str = r#"
+-- KEYS: session, ids index, expiry index
+-- ARGV: id, version, created, updated, expires, data, now ms, backstop ms, '1' for a delete
+-- Writes (or deletes) a session kept in memory during an outage unless Redis holds a later
+-- write (a later update, or the same update at the same or a higher version). Returns
+-- {1, version} written — above both copies' versions when Redis moved on meanwhile — or
+-- {0, current} superseded.
+local now = tonumber(ARGV[7])
+local h = redis.call('HMGET', KEYS[1], 'v', 'u', 'e')
+local cur = 0
+if h[1] and tonumber(h[3]) > now then
+  cur = tonumber(h[1])
+  local u, mu = tonumber(h[2]), tonumber(ARGV[4])
+  if u > mu or (u == mu and cur >= tonumber(ARGV[2])) then return {0, cur} end
+end
+if ARGV[9] == '1' then
+  redis.call('DEL', KEYS[1])
+  redis.call('ZREM', KEYS[2], ARGV[1])
+  redis.call('ZREM', KEYS[3], ARGV[1])
+  return {1, 0}
+end
+local v = math.max(cur + 1, tonumber(ARGV[2]))
+redis.call('HSET', KEYS[1], 'v', v, 'c', ARGV[3], 'u', ARGV[4], 'e', ARGV[5], 'd', ARGV[6])
+redis.call('PEXPIREAT', KEYS[1], tonumber(ARGV[5]) + tonumber(ARGV[8]))
+redis.call('ZADD', KEYS[2], 0, ARGV[1])
+redis.call('ZADD', KEYS[3], tonumber(ARGV[5]), ARGV[1])
+return {1, v}
+"#;
+
+const LIST_LUA: &str = r#"
+-- KEYS: ids index, expiry index
+-- ARGV: now ms, range min, range max, limit, prefix min, prefix max
+-- Drops expired ids from the index (in batches, at most 5,000 a call), then returns
+-- {count of the prefix, up to limit + 1 ids from the range}.
+local now = tonumber(ARGV[1])
+for _ = 1, 10 do
+  local dead = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', now, 'LIMIT', 0, 500)
+  if #dead == 0 then break end
+  redis.call('ZREM', KEYS[1], unpack(dead))
+  redis.call('ZREM', KEYS[2], unpack(dead))
+end
+local ids = redis.call('ZRANGEBYLEX', KEYS[1], ARGV[2], ARGV[3], 'LIMIT', 0, tonumber(ARGV[4]) + 1)
+table.insert(ids, 1, tostring(redis.call('ZLEXCOUNT', KEYS[1], ARGV[5], ARGV[6])))
+return ids
+"#;
+
+/// What a versioned write found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Written {
+    /// Written: the new version and the creation time.
+    Yes { version: u64, created_ms: i64 },
+    /// The session's version was not the one expected (0: there is none).
+    Mismatch { current: u64 },
+}
+
+/// One session of a list.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Listed {
+    pub id: String,
+    pub updated_ms: i64,
+    pub expires_ms: i64,
+}
+
+/// What a delete found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Deleted {
+    Yes,
+    NotFound,
+    Mismatch { current: u64 },
+}
+
+pub(crate) struct Shared {
+    redis: Arc<Redis>,
+    keys: Keys,
+    write: Script,
+    touch: Script,
+    delete: Script,
+    write_back: Script,
+    list: Script,
+}
+
+/// A version expectation as the scripts take it.
+fn expected(v: Option<u64>) -> String {
+    v.map_or_else(|| "any".to_owned(), |v| v.to_string())
+}
+
+fn doc_of(fields: &[Option<String>]) -> Option<Doc> {
+    let num = |i: usize| fields.get(i)?.as_deref()?.parse::<i64>().ok();
+    Some(Doc {
+        version: u64::try_from(num(0)?).ok()?,
+        created_ms: num(1)?,
+        updated_ms: num(2)?,
+        expires_ms: num(3)?,
+        data: fields.get(4)?.clone()?,
+    })
+}
+
+impl Shared {
+    pub(crate) fn new(redis: Arc<Redis>, keys: Keys) -> Self {
+        Shared {
+            redis,
+            keys,
+            write: Script::new(WRITE_LUA),
+            touch: Script::new(TOUCH_LUA),
+            delete: Script::new(DELETE_LUA),
+            write_back: Script::new(WRITE_BACK_LUA),
+            list: Script::new(LIST_LUA),
+        }
+    }
+
+    /// True while Redis may be asked (connected, the breaker not open).
+    pub(crate) fn is_up(&self) -> bool {
+        self.redis.is_up()
+    }
+
+    pub(crate) async fn get(&self, id: &str, now_ms: i64) -> Result<Option<Doc>, RedisError> {
+        let mut conn = self.redis.conn()?;
+        let mut cmd = redis::cmd("HMGET");
+        cmd.arg(self.keys.session(id))
+            .arg(&["v", "c", "u", "e", "d"]);
+        let fields: Vec<Option<String>> = self
+            .redis
+            .run(RedisOp::SessionRead, cmd.query_async(&mut conn))
+            .await?;
+        Ok(doc_of(&fields).filter(|d| !d.expired(now_ms)))
+    }
+
+    /// Writes `data` if the session's version is `expect` (`None`: whatever it is).
+    pub(crate) async fn write(
+        &self,
+        id: &str,
+        expect: Option<u64>,
+        data: &str,
+        now_ms: i64,
+        ttl_ms: i64,
+    ) -> Result<Written, RedisError> {
+        let mut conn = self.redis.conn()?;
+        let mut inv = self.write.prepare_invoke();
+        inv.key(self.keys.session(id))
+            .key(self.keys.session_ids())
+            .key(self.keys.session_expiries())
+            .arg(id)
+            .arg(expected(expect))
+            .arg(data)
+            .arg(now_ms)
+            .arg(ttl_ms)
+            .arg(BACKSTOP_MS);
+        let out: Vec<i64> = self
+            .redis
+            .run(RedisOp::SessionWrite, inv.invoke_async(&mut conn))
+            .await?;
+        Ok(match out.as_slice() {
+            [1, v, created] => Written::Yes {
+                version: *v as u64,
+                created_ms: *created,
+            },
+            [_, cur, ..] => Written::Mismatch {
+                current: *cur as u64,
+            },
+            _ => return Err(RedisError::Redis("unexpected write reply".into())),
+        })
+    }
+
+    pub(crate) async fn touch(
+        &self,
+        id: &str,
+        now_ms: i64,
+        ttl_ms: i64,
+    ) -> Result<Option<Doc>, RedisError> {
+        let mut conn = self.redis.conn()?;
+        let mut inv = self.touch.prepare_invoke();
+        inv.key(self.keys.session(id))
+            .key(self.keys.session_expiries())
+            .arg(id)
+            .arg(now_ms)
+            .arg(ttl_ms)
+            .arg(BACKSTOP_MS);
+        let out: Option<Vec<Option<String>>> = self
+            .redis
+            .run(RedisOp::SessionWrite, inv.invoke_async(&mut conn))
+            .await?;
+        Ok(out.as_deref().and_then(doc_of))
+    }
+
+    pub(crate) async fn delete(
+        &self,
+        id: &str,
+        expect: Option<u64>,
+        now_ms: i64,
+    ) -> Result<Deleted, RedisError> {
+        let mut conn = self.redis.conn()?;
+        let mut inv = self.delete.prepare_invoke();
+        inv.key(self.keys.session(id))
+            .key(self.keys.session_ids())
+            .key(self.keys.session_expiries())
+            .arg(id)
+            .arg(expected(expect))
+            .arg(now_ms);
+        let out: Vec<i64> = self
+            .redis
+            .run(RedisOp::SessionWrite, inv.invoke_async(&mut conn))
+            .await?;
+        Ok(match out.as_slice() {
+            [1, ..] => Deleted::Yes,
+            [-1, cur] => Deleted::Mismatch {
+                current: *cur as u64,
+            },
+            _ => Deleted::NotFound,
+        })
+    }
+
+    /// Writes back a session kept in memory (or its delete); `Ok(Some(version))` if written,
+    /// `Ok(None)` if Redis held a later write.
+    pub(crate) async fn write_back(
+        &self,
+        id: &str,
+        doc: &Doc,
+        delete: bool,
+        now_ms: i64,
+    ) -> Result<Option<u64>, RedisError> {
+        let mut conn = self.redis.conn()?;
+        let mut inv = self.write_back.prepare_invoke();
+        inv.key(self.keys.session(id))
+            .key(self.keys.session_ids())
+            .key(self.keys.session_expiries())
+            .arg(id)
+            .arg(doc.version)
+            .arg(doc.created_ms)
+            .arg(doc.updated_ms)
+            .arg(doc.expires_ms)
+            .arg(&doc.data)
+            .arg(now_ms)
+            .arg(BACKSTOP_MS)
+            .arg(if delete { "1" } else { "0" });
+        let out: Vec<i64> = self
+            .redis
+            .run(RedisOp::SessionWrite, inv.invoke_async(&mut conn))
+            .await?;
+        Ok(match out.as_slice() {
+            [1, v] => Some(*v as u64),
+            _ => None,
+        })
+    }
+
+    /// Live sessions whose id starts with `prefix`, after `after`, in id order: at most `limit`,
+    /// whether there are more, and how many match the prefix in all.
+    pub(crate) async fn list(
+        &self,
+        prefix: &str,
+        after: Option<&str>,
+        limit: usize,
+        now_ms: i64,
+    ) -> Result<(Vec<Listed>, bool, usize), RedisError> {
+        let mut conn = self.redis.conn()?;
+        // Ids are [A-Za-z0-9._:-], all below 0x7f: `prefix` + 0x7f bounds every id it starts.
+        let prefix_min = format!("[{prefix}");
+        let prefix_max = format!("[{prefix}\x7f");
+        let min = match after {
+            Some(a) if a >= prefix => format!("({a}"),
+            _ => prefix_min.clone(),
+        };
+        let mut inv = self.list.prepare_invoke();
+        inv.key(self.keys.session_ids())
+            .key(self.keys.session_expiries())
+            .arg(now_ms)
+            .arg(&min)
+            .arg(&prefix_max)
+            .arg(limit)
+            .arg(&prefix_min)
+            .arg(&prefix_max);
+        let mut out: Vec<String> = self
+            .redis
+            .run(RedisOp::SessionList, inv.invoke_async(&mut conn))
+            .await?;
+        if out.is_empty() {
+            return Err(RedisError::Redis("unexpected list reply".into()));
+        }
+        let count = out.remove(0).parse().unwrap_or(0);
+        let more = out.len() > limit;
+        out.truncate(limit);
+        let mut pipe = redis::pipe();
+        for id in &out {
+            pipe.cmd("HMGET")
+                .arg(self.keys.session(id))
+                .arg(&["u", "e"]);
+        }
+        let times: Vec<(Option<i64>, Option<i64>)> = if out.is_empty() {
+            Vec::new()
+        } else {
+            self.redis
+                .run(RedisOp::SessionList, pipe.query_async(&mut conn))
+                .await?
+        };
+        let page = out
+            .into_iter()
+            .zip(times)
+            .filter_map(|(id, t)| match t {
+                (Some(updated_ms), Some(expires_ms)) if expires_ms > now_ms => Some(Listed {
+                    id,
+                    updated_ms,
+                    expires_ms,
+                }),
+                _ => None,
+            })
+            .collect();
+        Ok((page, more, count))
+    }
+
+    /// Live sessions in the index (for the gauge).
+    pub(crate) async fn count(&self, now_ms: i64) -> Result<u64, RedisError> {
+        let mut conn = self.redis.conn()?;
+        let mut cmd = redis::cmd("ZCOUNT");
+        cmd.arg(self.keys.session_expiries())
+            .arg(format!("({now_ms}"))
+            .arg("+inf");
+        self.redis
+            .run(RedisOp::SessionList, cmd.query_async(&mut conn))
+            .await
+    }
+}

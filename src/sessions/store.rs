@@ -1,0 +1,553 @@
+//! The session service: every operation goes to Redis while it is up, and to this instance's
+//! memory while it is off, down or skipped by the breaker. Operations on one id run one at a
+//! time on this instance ([`Locks`]); before touching Redis, an operation first writes back
+//! what this instance still owes it for that id, so a read never misses a write it
+//! acknowledged from memory.
+//!
+//! An outage in short: sessions are instance-local meanwhile. Reads see what this instance
+//! wrote since the outage began (not what it or others wrote before); a PATCH of a session this
+//! instance does not hold is 404; a PUT creates it here; a DELETE is remembered. When Redis is
+//! back, each is written back unless Redis holds a later write (a later update time; ties go to
+//! the higher version), and Redis's copy is authoritative again.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::{Map, Value};
+
+use super::doc::{merge_patch, Clock, Doc};
+use super::locks::Locks;
+use super::memory::{Entry, Memory};
+use super::shared::{Deleted, Listed, Shared, Written};
+use crate::domain::SessionId;
+use crate::labels::{SessionOp, SessionOutcome, StateStore, StateUser, WriteBack};
+use crate::metrics::Metrics;
+use crate::redis::{Keys, Redis, RedisError};
+
+/// A PATCH that keeps meeting other instances' writes gives up after this many rounds.
+const PATCH_ROUNDS: usize = 64;
+
+/// Settings of the session store.
+#[derive(Debug, Clone)]
+pub struct SessionsConfig {
+    pub ttl: Duration,
+    pub max_ttl: Duration,
+    pub max_bytes: usize,
+    pub memory_max_entries: usize,
+}
+
+/// Why a session operation did not succeed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SessionError {
+    #[error("no such session")]
+    NotFound,
+    #[error("the session is at version {current}")]
+    VersionMismatch { current: u64 },
+    #[error("the data is larger than {max} bytes")]
+    TooLarge { max: usize },
+    #[error("this instance's memory holds as many sessions as it may")]
+    MemoryFull,
+    #[error("{0}")]
+    Invalid(String),
+    #[error("the session is being written by others too often; retry")]
+    Busy,
+}
+
+impl SessionError {
+    fn outcome(&self) -> SessionOutcome {
+        match self {
+            SessionError::NotFound => SessionOutcome::NotFound,
+            SessionError::VersionMismatch { .. } | SessionError::Busy => SessionOutcome::Conflict,
+            SessionError::TooLarge { .. } => SessionOutcome::TooLarge,
+            SessionError::Invalid(_) => SessionOutcome::Invalid,
+            SessionError::MemoryFull => SessionOutcome::Full,
+        }
+    }
+}
+
+/// A session as an operation left it, and where it lives.
+#[derive(Debug, Clone)]
+pub struct Answer {
+    pub doc: Doc,
+    pub store: StateStore,
+    /// A PUT created it (rather than replacing one).
+    pub created: bool,
+}
+
+/// A page of sessions.
+#[derive(Debug, Clone)]
+pub struct Page {
+    pub sessions: Vec<Listed>,
+    pub next_cursor: Option<String>,
+    pub count: usize,
+    pub store: StateStore,
+}
+
+pub struct Sessions {
+    pub(super) cfg: SessionsConfig,
+    pub(super) clock: Arc<Clock>,
+    pub(super) shared: Option<Shared>,
+    pub(super) memory: Memory,
+    pub(super) locks: Locks,
+    pub(super) metrics: Arc<Metrics>,
+}
+
+pub(super) type Outcome<T> = Result<T, SessionError>;
+
+impl Sessions {
+    /// `redis`: the shared Redis and its key layout, `None` with Redis switched off.
+    pub fn new(
+        cfg: SessionsConfig,
+        redis: Option<(Arc<Redis>, Keys)>,
+        clock: Arc<Clock>,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        let shared = redis.map(|(r, k)| Shared::new(r, k));
+        Sessions {
+            memory: Memory::new(cfg.memory_max_entries),
+            cfg,
+            clock,
+            shared,
+            locks: Locks::default(),
+            metrics,
+        }
+    }
+
+    /// The clock sessions expire by.
+    pub fn clock(&self) -> &Arc<Clock> {
+        &self.clock
+    }
+
+    /// The largest `data`, in bytes.
+    pub fn max_bytes(&self) -> usize {
+        self.cfg.max_bytes
+    }
+
+    /// Where sessions go now: Redis, or memory (off, down, or the breaker open).
+    pub fn store(&self) -> StateStore {
+        match &self.shared {
+            Some(s) if s.is_up() => StateStore::Redis,
+            _ => StateStore::Memory,
+        }
+    }
+
+    /// The Redis store while it may be asked.
+    pub(super) fn up(&self) -> Option<&Shared> {
+        self.shared.as_ref().filter(|s| s.is_up())
+    }
+
+    /// A session's lifetime: `asked` seconds, or the default; 1 s to `max_ttl`.
+    pub fn ttl_ms(&self, asked: Option<u64>) -> Outcome<i64> {
+        let max = self.cfg.max_ttl.as_secs();
+        match asked {
+            None => Ok(self.cfg.ttl.as_millis() as i64),
+            Some(s) if (1..=max).contains(&s) => Ok(s as i64 * 1000),
+            Some(_) => Err(SessionError::Invalid(format!(
+                "`ttl_secs` must be between 1 and {max}"
+            ))),
+        }
+    }
+
+    fn encode(&self, data: &Map<String, Value>) -> Outcome<String> {
+        let text = serde_json::to_string(data).unwrap_or_else(|_| "{}".into());
+        if text.len() > self.cfg.max_bytes {
+            return Err(SessionError::TooLarge {
+                max: self.cfg.max_bytes,
+            });
+        }
+        Ok(text)
+    }
+
+    /// Counts an operation by where it ran and how it ended.
+    pub(super) fn record(&self, op: SessionOp, out: Result<StateStore, &SessionError>) {
+        let m = &self.metrics.state;
+        match out {
+            Ok(store) => m.session_op(op, store, SessionOutcome::Ok),
+            Err(e) => m.session_op(op, self.store(), e.outcome()),
+        }
+    }
+
+    fn counted(&self, op: SessionOp, out: Outcome<Answer>) -> Outcome<Answer> {
+        self.record(op, out.as_ref().map(|a| a.store));
+        out
+    }
+
+    pub(super) fn fell_back(&self, op: SessionOp, id: &str, e: &RedisError) {
+        self.metrics.state.fallback(StateUser::Sessions);
+        tracing::warn!(op = op.as_str(), session = id, error = %e, "redis failed: session kept in this instance's memory");
+    }
+
+    /// Writes back what this instance owes Redis for `id` (its lock held). An error means Redis
+    /// failed: the caller goes on from memory.
+    pub(super) async fn settle(
+        &self,
+        shared: &Shared,
+        id: &str,
+        now: i64,
+    ) -> Result<(), RedisError> {
+        let Some(entry) = self.memory.entry(id, now) else {
+            return Ok(());
+        };
+        if !entry.owed {
+            return Ok(());
+        }
+        let written = shared
+            .write_back(id, &entry.doc, entry.tombstone, now)
+            .await?;
+        self.memory.remove_if(id, &entry.doc);
+        self.metrics.state.write_back(if written.is_some() {
+            WriteBack::Written
+        } else {
+            WriteBack::Superseded
+        });
+        Ok(())
+    }
+
+    /// Creates or replaces a session (`expect`: the version it must be at, 0 = must not exist).
+    pub async fn put(
+        &self,
+        id: &SessionId,
+        data: &Map<String, Value>,
+        ttl_secs: Option<u64>,
+        expect: Option<u64>,
+    ) -> Outcome<Answer> {
+        let out = self.put_inner(id, data, ttl_secs, expect).await;
+        self.counted(SessionOp::Put, out)
+    }
+
+    async fn put_inner(
+        &self,
+        id: &SessionId,
+        data: &Map<String, Value>,
+        ttl_secs: Option<u64>,
+        expect: Option<u64>,
+    ) -> Outcome<Answer> {
+        let ttl = self.ttl_ms(ttl_secs)?;
+        let text = self.encode(data)?;
+        let id = id.as_str();
+        let _held = self.locks.lock(id).await;
+        let now = self.clock.now_ms();
+        if let Some(shared) = self.up() {
+            let written = match self.settle(shared, id, now).await {
+                Ok(()) => shared.write(id, expect, &text, now, ttl).await,
+                Err(e) => Err(e),
+            };
+            match written {
+                Ok(Written::Yes {
+                    version,
+                    created_ms,
+                }) => {
+                    let doc = Doc {
+                        version,
+                        created_ms,
+                        updated_ms: now,
+                        expires_ms: now + ttl,
+                        data: text,
+                    };
+                    return Ok(Answer {
+                        doc,
+                        store: StateStore::Redis,
+                        created: version == 1,
+                    });
+                }
+                Ok(Written::Mismatch { current }) => {
+                    return Err(SessionError::VersionMismatch { current })
+                }
+                Err(e) => self.fell_back(SessionOp::Put, id, &e),
+            }
+        }
+        let cur = self.memory.get(id, now);
+        let version = cur.as_ref().map_or(0, |e| e.doc.version);
+        if expect.is_some_and(|e| e != version) {
+            return Err(SessionError::VersionMismatch { current: version });
+        }
+        let doc = Doc {
+            version: version + 1,
+            created_ms: cur.as_ref().map_or(now, |e| e.doc.created_ms),
+            updated_ms: now,
+            expires_ms: now + ttl,
+            data: text,
+        };
+        self.keep(id, doc.clone(), now)?;
+        Ok(Answer {
+            doc,
+            store: StateStore::Memory,
+            created: version == 0,
+        })
+    }
+
+    /// Keeps `doc` in memory, owed to Redis if Redis is on.
+    fn keep(&self, id: &str, doc: Doc, now: i64) -> Outcome<()> {
+        let entry = Entry {
+            doc,
+            owed: self.shared.is_some(),
+            tombstone: false,
+        };
+        self.memory
+            .put(id, entry, now)
+            .map_err(|_| SessionError::MemoryFull)
+    }
+
+    /// Reads a session; `touch` slides its expiry as a write would.
+    pub async fn get(&self, id: &SessionId, touch: bool) -> Outcome<Answer> {
+        let op = if touch {
+            SessionOp::Touch
+        } else {
+            SessionOp::Get
+        };
+        let out = if touch {
+            self.touch_inner(id, None).await
+        } else {
+            self.get_inner(id).await
+        };
+        self.counted(op, out)
+    }
+
+    /// Slides a session's expiry to now + `ttl_secs` (or the default).
+    pub async fn touch(&self, id: &SessionId, ttl_secs: Option<u64>) -> Outcome<Answer> {
+        let out = self.touch_inner(id, ttl_secs).await;
+        self.counted(SessionOp::Touch, out)
+    }
+
+    async fn get_inner(&self, id: &SessionId) -> Outcome<Answer> {
+        let id = id.as_str();
+        let _held = self.locks.lock(id).await;
+        let now = self.clock.now_ms();
+        if let Some(shared) = self.up() {
+            let read = match self.settle(shared, id, now).await {
+                Ok(()) => shared.get(id, now).await,
+                Err(e) => Err(e),
+            };
+            match read {
+                Ok(Some(doc)) => return Ok(redis_answer(doc)),
+                Ok(None) => return Err(SessionError::NotFound),
+                Err(e) => self.fell_back(SessionOp::Get, id, &e),
+            }
+        }
+        self.memory
+            .get(id, now)
+            .map(|e| memory_answer(e.doc))
+            .ok_or(SessionError::NotFound)
+    }
+
+    async fn touch_inner(&self, id: &SessionId, ttl_secs: Option<u64>) -> Outcome<Answer> {
+        let ttl = self.ttl_ms(ttl_secs)?;
+        let id = id.as_str();
+        let _held = self.locks.lock(id).await;
+        let now = self.clock.now_ms();
+        if let Some(shared) = self.up() {
+            let touched = match self.settle(shared, id, now).await {
+                Ok(()) => shared.touch(id, now, ttl).await,
+                Err(e) => Err(e),
+            };
+            match touched {
+                Ok(Some(doc)) => return Ok(redis_answer(doc)),
+                Ok(None) => return Err(SessionError::NotFound),
+                Err(e) => self.fell_back(SessionOp::Touch, id, &e),
+            }
+        }
+        let mut entry = self.memory.get(id, now).ok_or(SessionError::NotFound)?;
+        entry.doc.expires_ms = now + ttl;
+        let doc = entry.doc.clone();
+        self.memory
+            .put(id, entry, now)
+            .map_err(|_| SessionError::MemoryFull)?;
+        Ok(memory_answer(doc))
+    }
+
+    /// Applies a JSON Merge Patch to a session's data, atomically with respect to every other
+    /// write: read, merge, then write only if the version is still the one read (else again).
+    pub async fn patch(
+        &self,
+        id: &SessionId,
+        patch: &Map<String, Value>,
+        ttl_secs: Option<u64>,
+        expect: Option<u64>,
+    ) -> Outcome<Answer> {
+        let out = self.patch_inner(id, patch, ttl_secs, expect).await;
+        self.counted(SessionOp::Patch, out)
+    }
+
+    fn merged(&self, base: &Doc, patch: &Map<String, Value>) -> Outcome<String> {
+        let mut data = Value::Object(base.data_object());
+        merge_patch(&mut data, &Value::Object(patch.clone()));
+        match data {
+            Value::Object(m) => self.encode(&m),
+            _ => unreachable!("an object patched with an object stays an object"),
+        }
+    }
+
+    async fn patch_inner(
+        &self,
+        id: &SessionId,
+        patch: &Map<String, Value>,
+        ttl_secs: Option<u64>,
+        expect: Option<u64>,
+    ) -> Outcome<Answer> {
+        let ttl = self.ttl_ms(ttl_secs)?;
+        let id = id.as_str();
+        let _held = self.locks.lock(id).await;
+        let mut now = self.clock.now_ms();
+        if let Some(shared) = self.up() {
+            let mut failed = self.settle(shared, id, now).await.err();
+            let mut rounds = 0;
+            while failed.is_none() {
+                let base = match shared.get(id, now).await {
+                    Ok(Some(doc)) => doc,
+                    Ok(None) => return Err(SessionError::NotFound),
+                    Err(e) => {
+                        failed = Some(e);
+                        break;
+                    }
+                };
+                if expect.is_some_and(|e| e != base.version) {
+                    return Err(SessionError::VersionMismatch {
+                        current: base.version,
+                    });
+                }
+                let text = self.merged(&base, patch)?;
+                match shared.write(id, Some(base.version), &text, now, ttl).await {
+                    Ok(Written::Yes { version, .. }) => {
+                        return Ok(redis_answer(Doc {
+                            version,
+                            created_ms: base.created_ms,
+                            updated_ms: now,
+                            expires_ms: now + ttl,
+                            data: text,
+                        }))
+                    }
+                    Ok(Written::Mismatch { current }) if expect.is_some() => {
+                        return Err(SessionError::VersionMismatch { current })
+                    }
+                    Ok(Written::Mismatch { .. }) => {
+                        rounds += 1;
+                        if rounds >= PATCH_ROUNDS {
+                            return Err(SessionError::Busy);
+                        }
+                        now = self.clock.now_ms();
+                    }
+                    Err(e) => {
+                        // The write may or may not have landed: keep the result here; the
+                        // write-back finds Redis at this very update if it did, and keeps it.
+                        self.fell_back(SessionOp::Patch, id, &e);
+                        let doc = Doc {
+                            version: base.version + 1,
+                            created_ms: base.created_ms,
+                            updated_ms: now,
+                            expires_ms: now + ttl,
+                            data: text,
+                        };
+                        self.keep(id, doc.clone(), now)?;
+                        return Ok(memory_answer(doc));
+                    }
+                }
+            }
+            if let Some(e) = failed {
+                self.fell_back(SessionOp::Patch, id, &e);
+            }
+        }
+        let base = self.memory.get(id, now).ok_or(SessionError::NotFound)?.doc;
+        if expect.is_some_and(|e| e != base.version) {
+            return Err(SessionError::VersionMismatch {
+                current: base.version,
+            });
+        }
+        let doc = Doc {
+            version: base.version + 1,
+            created_ms: base.created_ms,
+            updated_ms: now,
+            expires_ms: now + ttl,
+            data: self.merged(&base, patch)?,
+        };
+        self.keep(id, doc.clone(), now)?;
+        Ok(memory_answer(doc))
+    }
+
+    /// Deletes a session. Where it was deleted from.
+    pub async fn delete(&self, id: &SessionId, expect: Option<u64>) -> Outcome<StateStore> {
+        let out = self.delete_inner(id, expect).await;
+        self.record(SessionOp::Delete, out.as_ref().copied());
+        out
+    }
+
+    async fn delete_inner(&self, id: &SessionId, expect: Option<u64>) -> Outcome<StateStore> {
+        let id = id.as_str();
+        let _held = self.locks.lock(id).await;
+        let now = self.clock.now_ms();
+        if let Some(shared) = self.up() {
+            let deleted = match self.settle(shared, id, now).await {
+                Ok(()) => shared.delete(id, expect, now).await,
+                Err(e) => Err(e),
+            };
+            match deleted {
+                Ok(Deleted::Yes) => return Ok(StateStore::Redis),
+                Ok(Deleted::NotFound) => return Err(SessionError::NotFound),
+                Ok(Deleted::Mismatch { current }) => {
+                    return Err(SessionError::VersionMismatch { current })
+                }
+                Err(e) => self.fell_back(SessionOp::Delete, id, &e),
+            }
+        }
+        let cur = self.memory.get(id, now);
+        if let (Some(e), Some(c)) = (expect, &cur) {
+            if e != c.doc.version {
+                return Err(SessionError::VersionMismatch {
+                    current: c.doc.version,
+                });
+            }
+        }
+        if self.shared.is_none() {
+            // Memory is the only store: what it does not hold does not exist.
+            return match self.memory.remove(id) {
+                Some(e) if !e.tombstone && !e.doc.expired(now) => Ok(StateStore::Memory),
+                _ => Err(SessionError::NotFound),
+            };
+        }
+        // Redis may hold it: remember the delete, to be written back.
+        let tombstone = Entry {
+            doc: Doc {
+                version: cur.as_ref().map_or(0, |e| e.doc.version),
+                created_ms: now,
+                updated_ms: now,
+                expires_ms: now + self.cfg.max_ttl.as_millis() as i64,
+                data: String::new(),
+            },
+            owed: true,
+            tombstone: true,
+        };
+        self.memory
+            .put(id, tombstone, now)
+            .map_err(|_| SessionError::MemoryFull)?;
+        Ok(StateStore::Memory)
+    }
+}
+
+fn redis_answer(doc: Doc) -> Answer {
+    Answer {
+        doc,
+        store: StateStore::Redis,
+        created: false,
+    }
+}
+
+fn memory_answer(doc: Doc) -> Answer {
+    Answer {
+        doc,
+        store: StateStore::Memory,
+        created: false,
+    }
+}
+
+pub(super) fn page(sessions: Vec<Listed>, more: bool, count: usize) -> Page {
+    let next_cursor = if more {
+        sessions.last().map(|s| s.id.clone())
+    } else {
+        None
+    };
+    Page {
+        sessions,
+        next_cursor,
+        count,
+        store: StateStore::Redis,
+    }
+}
