@@ -25,6 +25,15 @@ const FAMILIES: &[&str] = &[
     "sidecache_l1_weighted_bytes",
     "sidecache_redis_up",
     "sidecache_postgres_up",
+    "sidecache_session_operations_total",
+    "sidecache_sessions_active",
+    "sidecache_session_write_backs_total",
+    "sidecache_state_fallbacks_total",
+    "sidecache_events_published_total",
+    "sidecache_events_delivered_total",
+    "sidecache_sse_subscribers",
+    "sidecache_sse_subscribers_cut_total",
+    "sidecache_sse_subscribers_refused_total",
 ];
 
 #[tokio::test]
@@ -134,7 +143,18 @@ fn metric_names(text: &str) -> std::collections::BTreeSet<String> {
 
 #[tokio::test]
 async fn the_dashboard_and_the_alerts_use_only_metrics_that_exist() {
-    let app = spawn_app().await;
+    // A configured limit, so that its decision series exist.
+    let app = crate::spawn::spawn_app_with(|s| {
+        s.rate_limits.limits.insert(
+            "voice".into(),
+            sidecache::config::LimitSettings {
+                limit: std::num::NonZeroU32::new(10).unwrap(),
+                period: std::time::Duration::from_secs(60),
+                burst: None,
+            },
+        );
+    })
+    .await;
     let exposed = app.metrics_text().await;
     let families: std::collections::BTreeSet<String> =
         crate::prom::families(&exposed).map(str::to_owned).collect();
@@ -168,6 +188,9 @@ async fn the_dashboard_and_the_alerts_use_only_metrics_that_exist() {
         "sidecache_postgres_queries_total",
         "sidecache_invalidation_lag_seconds",
         "sidecache_redis_breaker_state",
+        "sidecache_session_operations_total",
+        "sidecache_events_delivered_total",
+        "sidecache_rate_limit_decisions_total",
     ] {
         assert!(dashboard.contains(needed), "the dashboard shows {needed}");
     }
@@ -207,7 +230,7 @@ fn the_alert_rules_pass_promtool_and_their_tests_fire_every_alert() {
         .lines()
         .filter_map(|l| l.trim().strip_prefix("- alert: "))
         .collect();
-    assert_eq!(alerts.len(), 8);
+    assert_eq!(alerts.len(), 9);
     for a in alerts {
         assert!(
             tests.contains(&format!(
