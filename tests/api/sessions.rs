@@ -506,3 +506,120 @@ async fn memory_is_bounded_without_dropping_an_acknowledged_session() {
         StatusCode::OK
     );
 }
+
+/// One writer's session, written only through one instance (as a sticky client would), while
+/// that instance's Redis link is cut, slowed past its timeout or black-holed at random. Every
+/// write it acknowledged must be in the session once Redis is back and the write-back is done.
+async fn sticky_writer(
+    app: &TestApp,
+    id: String,
+    seed: u64,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> (String, Vec<String>) {
+    use rand::{Rng, SeedableRng};
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let mut acked: serde_json::Map<String, Value> = serde_json::Map::new();
+    let mut n = 0u64;
+    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+        n += 1;
+        let field = format!("f{n}");
+        let ok = if rng.random_bool(0.7) {
+            let a = app.patch_session(&id, json!({ &field: n }), &[]).await;
+            assert!(
+                a.status.is_success() || a.status == StatusCode::NOT_FOUND,
+                "{}",
+                a.text
+            );
+            a.status.is_success()
+        } else {
+            let mut data = acked.clone();
+            data.insert(field.clone(), json!(n));
+            let a = app.put_session(&id, json!({ "data": data })).await;
+            assert!(a.status.is_success(), "{}", a.text);
+            true
+        };
+        if ok {
+            acked.insert(field, json!(n));
+        }
+        tokio::time::sleep(Duration::from_millis(rng.random_range(0..4))).await;
+    }
+    (id, acked.keys().cloned().collect())
+}
+
+#[tokio::test]
+async fn random_faults_under_sticky_writers_lose_no_acknowledged_write() {
+    use rand::{Rng, SeedableRng};
+    let seed: u64 = std::env::var("SIDECACHE_TEST_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(rand::random);
+    eprintln!("seed {seed} (SIDECACHE_TEST_SEED={seed} repeats this run)");
+    let relay = Relay::start(redis_addr()).await;
+    let mut settings = test_settings();
+    settings.redis.url = sidecache::config::SecretUrl::new(relay.redis_url());
+    settings.redis.timeout = Duration::from_millis(100);
+    settings.redis.breaker_open = Duration::from_millis(100);
+    let faulty = spawn_with_settings(settings).await;
+    let direct = faulty
+        .spawn_peer(|s| {
+            s.redis.url = sidecache::config::SecretUrl::new(crate::fixtures::redis_url())
+        })
+        .await;
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut writers = Vec::new();
+    for w in 0..8u64 {
+        let app = if w % 2 == 0 { &faulty } else { &direct };
+        let id = format!("rand:{w}");
+        assert!(app
+            .put_session(&id, json!({"data": {}}))
+            .await
+            .status
+            .is_success());
+        writers.push(sticky_writer(app, id, seed.wrapping_add(w), stop.clone()));
+    }
+    let faults = async {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+        for _ in 0..14 {
+            match rng.random_range(0..4) {
+                0 => relay.cut(),
+                1 => relay.delay(Duration::from_millis(150)),
+                2 => relay.blackhole(),
+                _ => relay.restore(),
+            }
+            tokio::time::sleep(Duration::from_millis(rng.random_range(50..300))).await;
+        }
+        relay.restore();
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    };
+    let (results, ()) = tokio::join!(join_all(writers), faults);
+    assert!(
+        eventually(Duration::from_secs(15), || async {
+            let r = faulty.get("/readyz").await;
+            r.body["sessions"]["store"] == "redis"
+                && r.body["sessions"]["owed_write_backs"] == false
+        })
+        .await,
+        "everything written back"
+    );
+    let mut acked_total = 0;
+    for (id, acked) in results {
+        let d: Value = serde_json::from_str(&direct.session_in_redis(&id).await["d"]).unwrap();
+        let missing: Vec<&String> = acked
+            .iter()
+            .filter(|f| d.get(f.as_str()).is_none())
+            .collect();
+        assert!(
+            missing.is_empty(),
+            "seed {seed}: {id} lost acknowledged fields {missing:?}"
+        );
+        acked_total += acked.len();
+    }
+    assert!(acked_total > 100, "the writers got through: {acked_total}");
+    assert!(
+        faulty
+            .metric("sidecache_state_fallbacks_total", &[("what", "sessions")])
+            .await
+            > 0.0,
+        "seed {seed}: the faults reached the sessions"
+    );
+}
