@@ -65,9 +65,11 @@ impl From<EventsError> for ApiError {
 
 /// A stream position as given by a client (`<ms>-<seq>`), or `invalid_query`.
 fn position(raw: &str, from: &str) -> Result<String, ApiError> {
+    // Both parts below u64::MAX: `(<id>` (after it) must name a position Redis can step past.
+    let part = |p: &str| p.parse::<u64>().is_ok_and(|n| n < u64::MAX);
     let ok = raw
         .split_once('-')
-        .is_some_and(|(ms, seq)| ms.parse::<u64>().is_ok() && seq.parse::<u64>().is_ok());
+        .is_some_and(|(ms, seq)| part(ms) && part(seq));
     if ok {
         Ok(raw.to_owned())
     } else {
@@ -164,7 +166,9 @@ async fn read(
             })?,
     };
     if let Stream::Session(id) = &stream {
-        state.sessions.get(id, false).await?;
+        if state.sessions.exists(id).await == Some(false) {
+            return Err(EventsError::NoSession.into());
+        }
     }
     let after = match (after, from_now) {
         (Some(a), _) => Some(a),

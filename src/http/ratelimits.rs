@@ -2,14 +2,14 @@
 //! and `RateLimit` fields (draft-ietf-httpapi-ratelimit-headers: `"<name>";q=<quota>;w=<window
 //! s>` and `"<name>";r=<remaining>;t=<s until reset>`) and `Retry-After` when denied.
 
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::{HeaderName, HeaderValue};
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use serde_json::json;
 
 use super::error::{ApiError, ErrorBody};
-use super::extract::ApiJson;
+use super::extract::{ApiJson, PathText};
 use super::AppState;
 
 const POLICY: HeaderName = HeaderName::from_static("ratelimit-policy");
@@ -52,7 +52,7 @@ fn secs_ceil(d: std::time::Duration) -> u64 {
     ))]
 pub(super) async fn check(
     State(state): State<AppState>,
-    Path(name): Path<String>,
+    PathText(name): PathText,
     ApiJson(b): ApiJson<Check>,
 ) -> Result<Response, ApiError> {
     let Some(limit) = state.rate_limits.limit(&name) else {

@@ -66,7 +66,7 @@ enum SessionFailures {
     /// Well-formed but invalid (ttl out of range, data not an object)
     #[response(status = 422)]
     Invalid(ErrorBody),
-    /// Redis is away and this instance's memory holds as many sessions as it may
+    /// Redis is away, and this instance's memory is full or the write is conditional
     #[response(status = 503)]
     Unavailable(ErrorBody),
 }
@@ -94,6 +94,11 @@ impl From<SessionError> for ApiError {
                 StatusCode::SERVICE_UNAVAILABLE,
                 "session_store_full",
                 "Redis is unavailable and this instance holds as many sessions in memory as it may; retry shortly.",
+            ),
+            SessionError::Unavailable => ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "session_store_unavailable",
+                "Redis is unavailable, and a conditional (If-Match) write can only be checked against the shared store; retry shortly.",
             ),
             SessionError::Busy => ApiError::new(
                 StatusCode::CONFLICT,

@@ -197,10 +197,12 @@ impl Events {
         tracing::warn!(error = %e, "redis failed: {what} from this instance's memory");
     }
 
-    async fn session_exists(&self, stream: &Stream) -> bool {
+    /// Whether a stream's session exists: `None` when that cannot be known now (Redis away and
+    /// not held here); a topic always does.
+    async fn session_exists(&self, stream: &Stream) -> Option<bool> {
         match stream {
-            Stream::Session(id) => self.sessions.get(id, false).await.is_ok(),
-            Stream::Topic(_) => true,
+            Stream::Session(id) => self.sessions.exists(id).await,
+            Stream::Topic(_) => Some(true),
         }
     }
 
@@ -211,7 +213,8 @@ impl Events {
         kind: &str,
         data: &str,
     ) -> Result<(Event, StateStore), EventsError> {
-        if !self.session_exists(stream).await {
+        // Unknown (Redis away): accepted; the event goes to this instance's ring.
+        if self.session_exists(stream).await == Some(false) {
             return Err(EventsError::NoSession);
         }
         let key = self.key(stream);
@@ -276,17 +279,23 @@ impl Events {
     /// A session is gone: its subscribers everywhere get `end`.
     pub async fn session_ended(&self, id: &SessionId) {
         let key = self.key(&Stream::Session(id.clone()));
+        let mut ended = false;
         if let Some(redis) = self.up() {
-            if let Err(e) = self
+            match self
                 .streams
                 .end(redis, &key, &self.keys.events_channel())
                 .await
             {
-                tracing::warn!(error = %e, "could not end a session's stream in redis; its subscribers end at their next check");
+                Ok(()) => ended = true,
+                Err(e) => {
+                    tracing::warn!(error = %e, "could not end a session's stream in redis; its subscribers on other instances end at their next check")
+                }
             }
         }
-        let now = self.sessions.clock().now_ms();
-        self.rings.add(&key, END, "null", now);
+        if !ended {
+            let now = self.sessions.clock().now_ms();
+            self.rings.add(&key, END, "null", now);
+        }
         self.hub.notify(&key);
     }
 
@@ -305,7 +314,7 @@ impl Events {
         stream: Stream,
         after: Option<String>,
     ) -> Result<Subscription, EventsError> {
-        if !self.session_exists(&stream).await {
+        if self.session_exists(&stream).await == Some(false) {
             return Err(EventsError::NoSession);
         }
         let taken = self.subscribers.fetch_add(1, Ordering::AcqRel);
@@ -393,7 +402,8 @@ impl Events {
             tokio::select! {
                 _ = wake.changed() => {}
                 _ = tick.tick() => {
-                    if !self.session_exists(&stream).await {
+                    // Only a session known to be gone ends the stream, not a Redis hiccup.
+                    if self.session_exists(&stream).await == Some(false) {
                         let _ = send(Item::End).await;
                         break;
                     }

@@ -1,20 +1,66 @@
 //! Sessions in this instance's memory: all of them while Redis is off (`REDIS_ENABLED=false`),
-//! and, while Redis is down or skipped by the breaker, those written meanwhile — each marked
-//! `owed` until it has been written back to Redis. Bounded: past `max` live sessions a new one
-//! is refused rather than evicting one whose write was acknowledged.
+//! and, while Redis is down or skipped by the breaker, those written meanwhile — each with the
+//! operations it owes Redis, replayed there in order when Redis answers again. Bounded: past
+//! `max` live sessions a new one is refused rather than evicting one whose write was
+//! acknowledged.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
 
+use serde_json::{Map, Value};
+
 use super::doc::Doc;
+
+/// Owed operations past this many are folded into one `Put` of the session as it is.
+const MAX_OWED: usize = 32;
+
+/// An operation acknowledged from memory, owed to Redis.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct Op {
+    /// When it was made (ms): a write in Redis later than this one wins over a put or delete.
+    pub(crate) at_ms: i64,
+    /// The expiry it gave the session.
+    pub(crate) expires_ms: i64,
+    pub(crate) kind: OpKind,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum OpKind {
+    /// The whole data, as JSON text.
+    Put(String),
+    /// A merge patch: merged into whatever Redis holds, so it never drops another's fields.
+    Patch(Map<String, Value>),
+    Delete,
+    Touch,
+}
 
 #[derive(Debug, Clone)]
 pub(crate) struct Entry {
     pub(crate) doc: Doc,
-    /// Written here while Redis was away: owed to Redis.
-    pub(crate) owed: bool,
-    /// Deleted here while Redis was away: the delete is owed (the doc keeps its time).
+    /// Deleted here while Redis was away (the doc keeps its version and time).
     pub(crate) tombstone: bool,
+    /// What it owes Redis, oldest first (empty: owes nothing).
+    pub(crate) owed: Vec<Op>,
+}
+
+impl Entry {
+    /// Adds an owed operation, folding the log into one put (or delete) past [`MAX_OWED`].
+    pub(crate) fn owe(&mut self, op: Op) {
+        self.owed.push(op);
+        if self.owed.len() > MAX_OWED {
+            let at_ms = self.owed.last().map_or(self.doc.updated_ms, |o| o.at_ms);
+            let kind = if self.tombstone {
+                OpKind::Delete
+            } else {
+                OpKind::Put(self.doc.data.clone())
+            };
+            self.owed = vec![Op {
+                at_ms,
+                expires_ms: self.doc.expires_ms,
+                kind,
+            }];
+        }
+    }
 }
 
 pub(crate) struct Memory {
@@ -73,26 +119,26 @@ impl Memory {
         self.map().remove(id)
     }
 
-    /// Removes `id` if it still holds exactly `doc` (a write-back must not drop a newer write).
-    pub(crate) fn remove_if(&self, id: &str, doc: &Doc) {
+    /// Drops the first `done` owed operations of `id` (they reached Redis).
+    pub(crate) fn settled(&self, id: &str, done: usize) {
         let mut map = self.map();
-        if map.get(id).is_some_and(|e| &e.doc == doc) {
-            map.remove(id);
+        if let Some(e) = map.get_mut(id) {
+            e.owed.drain(..done.min(e.owed.len()));
         }
     }
 
-    /// The ids of every session owed to Redis.
+    /// The ids of every session that owes Redis something.
     pub(crate) fn owed(&self) -> Vec<String> {
         self.map()
             .iter()
-            .filter(|(_, e)| e.owed)
+            .filter(|(_, e)| !e.owed.is_empty())
             .map(|(id, _)| id.clone())
             .collect()
     }
 
-    /// Whether any session is owed to Redis.
+    /// Whether any session owes Redis something.
     pub(crate) fn owes(&self) -> bool {
-        self.map().values().any(|e| e.owed)
+        self.map().values().any(|e| !e.owed.is_empty())
     }
 
     /// Live sessions whose id starts with `prefix` and sorts after `after`, in id order, at
@@ -144,10 +190,15 @@ mod tests {
     }
 
     fn live(expires_ms: i64, owed: bool) -> Entry {
+        let op = Op {
+            at_ms: 0,
+            expires_ms,
+            kind: OpKind::Touch,
+        };
         Entry {
             doc: doc(expires_ms),
-            owed,
             tombstone: false,
+            owed: if owed { vec![op] } else { Vec::new() },
         }
     }
 
@@ -183,5 +234,27 @@ mod tests {
         let mut owed = m.owed();
         owed.sort();
         assert_eq!(owed, ["call:1", "call:2", "call:3"]);
+        m.settled("call:1", 1);
+        assert_eq!(m.owed().len(), 2);
+    }
+
+    #[test]
+    fn a_long_log_folds_into_one_put_of_the_session_as_it_is() {
+        let mut e = live(100, false);
+        for at_ms in 0..=MAX_OWED as i64 {
+            e.owe(Op {
+                at_ms,
+                expires_ms: 100,
+                kind: OpKind::Patch(Map::new()),
+            });
+        }
+        assert_eq!(
+            e.owed,
+            [Op {
+                at_ms: MAX_OWED as i64,
+                expires_ms: 100,
+                kind: OpKind::Put("{}".into())
+            }]
+        );
     }
 }

@@ -22,18 +22,22 @@ const BACKSTOP_MS: i64 = 60_000;
 const WRITE_LUA: &str = r#"
 -- KEYS: session, ids index, expiry index
 -- ARGV: id, expected version ('any'; 0 = must not exist), data, now ms, ttl ms, backstop ms
--- Returns {1, version, created} when written, {0, current version} when the version differs.
+-- Returns {1, version, created, was live (1/0)} when written, {0, current version} when the
+-- version differs. Versions go on from a deleted or expired session's while its key lingers,
+-- so an old ETag does not match a new session of the same id.
 local now = tonumber(ARGV[4])
 local h = redis.call('HMGET', KEYS[1], 'v', 'c', 'e')
+local old = tonumber(h[1] or '0')
+local live = h[1] and tonumber(h[3]) > now
 local cur, created = 0, now
-if h[1] and tonumber(h[3]) > now then cur = tonumber(h[1]); created = tonumber(h[2]) end
+if live then cur = old; created = tonumber(h[2]) end
 if ARGV[2] ~= 'any' and tonumber(ARGV[2]) ~= cur then return {0, cur} end
 local exp = now + tonumber(ARGV[5])
-redis.call('HSET', KEYS[1], 'v', cur + 1, 'c', created, 'u', now, 'e', exp, 'd', ARGV[3])
+redis.call('HSET', KEYS[1], 'v', old + 1, 'c', created, 'u', now, 'e', exp, 'd', ARGV[3])
 redis.call('PEXPIREAT', KEYS[1], exp + tonumber(ARGV[6]))
 redis.call('ZADD', KEYS[2], 0, ARGV[1])
 redis.call('ZADD', KEYS[3], exp, ARGV[1])
-return {1, cur + 1, created}
+return {1, old + 1, created, live and 1 or 0}
 "#;
 
 const TOUCH_LUA: &str = r#"
@@ -50,48 +54,65 @@ h[4] = tostring(exp)
 return h
 "#;
 
+/// Shared by the delete and write-back scripts: a deleted session keeps its version (no data)
+/// for a day, so a new session of its id goes on counting.
+const BURY_LUA: &str = r#"
+local function bury(key, ids, exps, id)
+  redis.call('HSET', key, 'e', 0, 'd', '')
+  redis.call('PEXPIRE', key, 86400000)
+  redis.call('ZREM', ids, id)
+  redis.call('ZREM', exps, id)
+end
+"#;
+
 const DELETE_LUA: &str = r#"
 -- KEYS: session, ids index, expiry index; ARGV: id, expected version ('any'), now ms
 -- Returns {1, version} deleted, {0, 0} there was none, {-1, current} the version differs.
 local h = redis.call('HMGET', KEYS[1], 'v', 'e')
 local live = h[1] and tonumber(h[2]) > tonumber(ARGV[3])
-if live and ARGV[2] ~= 'any' and tonumber(ARGV[2]) ~= tonumber(h[1]) then
+if not live then
+  redis.call('ZREM', KEYS[2], ARGV[1])
+  redis.call('ZREM', KEYS[3], ARGV[1])
+  return {0, 0}
+end
+if ARGV[2] ~= 'any' and tonumber(ARGV[2]) ~= tonumber(h[1]) then
   return {-1, tonumber(h[1])}
 end
-redis.call('DEL', KEYS[1])
-redis.call('ZREM', KEYS[2], ARGV[1])
-redis.call('ZREM', KEYS[3], ARGV[1])
-if live then return {1, tonumber(h[1])} end
-return {0, 0}
+bury(KEYS[1], KEYS[2], KEYS[3], ARGV[1])
+return {1, tonumber(h[1])}
 "#;
 
 const WRITE_BACK_LUA: &str = r#"
 -- KEYS: session, ids index, expiry index
--- ARGV: id, version, created, updated, expires, data, now ms, backstop ms, '1' for a delete
--- Writes (or deletes) a session kept in memory during an outage unless Redis holds a later
--- write (a later update, or the same update at the same or a higher version). Returns
--- {1, version} written — above both copies' versions when Redis moved on meanwhile — or
--- {0, current} superseded.
-local now = tonumber(ARGV[7])
-local h = redis.call('HMGET', KEYS[1], 'v', 'u', 'e')
-local cur = 0
-if h[1] and tonumber(h[3]) > now then
-  cur = tonumber(h[1])
-  local u, mu = tonumber(h[2]), tonumber(ARGV[4])
-  if u > mu or (u == mu and cur >= tonumber(ARGV[2])) then return {0, cur} end
+-- ARGV: id, mode ('put', 'delete' or 'touch'), at ms, expires ms, data, now ms, backstop ms
+-- Replays one operation acknowledged from memory while Redis was away, unless Redis holds a
+-- write of the session made at or after it (a put or delete made later elsewhere wins).
+-- Returns 1 applied, 0 superseded (or nothing to touch), 2 expired meanwhile.
+local now, at, exp = tonumber(ARGV[6]), tonumber(ARGV[3]), tonumber(ARGV[4])
+local h = redis.call('HMGET', KEYS[1], 'v', 'c', 'u', 'e')
+local live = h[1] and tonumber(h[4]) > now
+if ARGV[2] == 'touch' then
+  if not live then return 0 end
+  if exp > tonumber(h[4]) then
+    redis.call('HSET', KEYS[1], 'e', exp)
+    redis.call('PEXPIREAT', KEYS[1], exp + tonumber(ARGV[7]))
+    redis.call('ZADD', KEYS[3], exp, ARGV[1])
+  end
+  return 1
 end
-if ARGV[9] == '1' then
-  redis.call('DEL', KEYS[1])
-  redis.call('ZREM', KEYS[2], ARGV[1])
-  redis.call('ZREM', KEYS[3], ARGV[1])
-  return {1, 0}
+if live and tonumber(h[3]) >= at then return 0 end
+if ARGV[2] == 'delete' then
+  if live then bury(KEYS[1], KEYS[2], KEYS[3], ARGV[1]) end
+  return 1
 end
-local v = math.max(cur + 1, tonumber(ARGV[2]))
-redis.call('HSET', KEYS[1], 'v', v, 'c', ARGV[3], 'u', ARGV[4], 'e', ARGV[5], 'd', ARGV[6])
-redis.call('PEXPIREAT', KEYS[1], tonumber(ARGV[5]) + tonumber(ARGV[8]))
+if exp <= now then return 2 end
+local created = at
+if live then created = tonumber(h[2]) end
+redis.call('HSET', KEYS[1], 'v', tonumber(h[1] or '0') + 1, 'c', created, 'u', at, 'e', exp, 'd', ARGV[5])
+redis.call('PEXPIREAT', KEYS[1], exp + tonumber(ARGV[7]))
 redis.call('ZADD', KEYS[2], 0, ARGV[1])
-redis.call('ZADD', KEYS[3], tonumber(ARGV[5]), ARGV[1])
-return {1, v}
+redis.call('ZADD', KEYS[3], exp, ARGV[1])
+return 1
 "#;
 
 const LIST_LUA: &str = r#"
@@ -114,10 +135,30 @@ return ids
 /// What a versioned write found.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Written {
-    /// Written: the new version and the creation time.
-    Yes { version: u64, created_ms: i64 },
+    /// Written: the new version, the creation time, and whether it replaced a live session.
+    Yes {
+        version: u64,
+        created_ms: i64,
+        replaced: bool,
+    },
     /// The session's version was not the one expected (0: there is none).
     Mismatch { current: u64 },
+}
+
+/// What a replay does.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Replay<'a> {
+    Put(&'a str),
+    Delete,
+    Touch,
+}
+
+/// What a replay found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Replayed {
+    Applied,
+    Superseded,
+    Expired,
 }
 
 /// One session of a list.
@@ -169,8 +210,8 @@ impl Shared {
             keys,
             write: Script::new(WRITE_LUA),
             touch: Script::new(TOUCH_LUA),
-            delete: Script::new(DELETE_LUA),
-            write_back: Script::new(WRITE_BACK_LUA),
+            delete: Script::new(&format!("{BURY_LUA}{DELETE_LUA}")),
+            write_back: Script::new(&format!("{BURY_LUA}{WRITE_BACK_LUA}")),
             list: Script::new(LIST_LUA),
         }
     }
@@ -217,9 +258,10 @@ impl Shared {
             .run(RedisOp::SessionWrite, inv.invoke_async(&mut conn))
             .await?;
         Ok(match out.as_slice() {
-            [1, v, created] => Written::Yes {
+            [1, v, created, live] => Written::Yes {
                 version: *v as u64,
                 created_ms: *created,
+                replaced: *live == 1,
             },
             [_, cur, ..] => Written::Mismatch {
                 current: *cur as u64,
@@ -276,36 +318,40 @@ impl Shared {
         })
     }
 
-    /// Writes back a session kept in memory (or its delete); `Ok(Some(version))` if written,
-    /// `Ok(None)` if Redis held a later write.
-    pub(crate) async fn write_back(
+    /// Replays a put, delete or touch acknowledged from memory (see the script).
+    pub(crate) async fn replay(
         &self,
         id: &str,
-        doc: &Doc,
-        delete: bool,
+        mode: Replay<'_>,
+        at_ms: i64,
+        expires_ms: i64,
         now_ms: i64,
-    ) -> Result<Option<u64>, RedisError> {
+    ) -> Result<Replayed, RedisError> {
+        let (name, data) = match mode {
+            Replay::Put(data) => ("put", data),
+            Replay::Delete => ("delete", ""),
+            Replay::Touch => ("touch", ""),
+        };
         let mut conn = self.redis.conn()?;
         let mut inv = self.write_back.prepare_invoke();
         inv.key(self.keys.session(id))
             .key(self.keys.session_ids())
             .key(self.keys.session_expiries())
             .arg(id)
-            .arg(doc.version)
-            .arg(doc.created_ms)
-            .arg(doc.updated_ms)
-            .arg(doc.expires_ms)
-            .arg(&doc.data)
+            .arg(name)
+            .arg(at_ms)
+            .arg(expires_ms)
+            .arg(data)
             .arg(now_ms)
-            .arg(BACKSTOP_MS)
-            .arg(if delete { "1" } else { "0" });
-        let out: Vec<i64> = self
+            .arg(BACKSTOP_MS);
+        let out: i64 = self
             .redis
             .run(RedisOp::SessionWrite, inv.invoke_async(&mut conn))
             .await?;
-        Ok(match out.as_slice() {
-            [1, v] => Some(*v as u64),
-            _ => None,
+        Ok(match out {
+            1 => Replayed::Applied,
+            2 => Replayed::Expired,
+            _ => Replayed::Superseded,
         })
     }
 

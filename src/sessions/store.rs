@@ -6,9 +6,14 @@
 //!
 //! An outage in short: sessions are instance-local meanwhile. Reads see what this instance
 //! wrote since the outage began (not what it or others wrote before); a PATCH of a session this
-//! instance does not hold is 404; a PUT creates it here; a DELETE is remembered. When Redis is
-//! back, each is written back unless Redis holds a later write (a later update time; ties go to
-//! the higher version), and Redis's copy is authoritative again.
+//! instance does not hold is 404; a PUT creates it here; a DELETE is remembered. Conditional
+//! writes (`If-Match`) need the shared store and are refused (503) rather than guessed. Every
+//! operation acknowledged from memory is owed to Redis and replayed there, in order, when it
+//! answers again: a merge patch is merged into whatever Redis holds (so it drops nobody's
+//! fields), a put or a delete applies unless Redis holds a write of the session made at or
+//! after it. A Redis write that failed ambiguously (a timeout: it may have landed) is owed the
+//! same way, which is safe because a replayed patch is idempotent and a replayed put finds
+//! itself already there.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -17,15 +22,15 @@ use serde_json::{Map, Value};
 
 use super::doc::{merge_patch, Clock, Doc};
 use super::locks::Locks;
-use super::memory::{Entry, Memory};
+use super::memory::{Entry, Memory, Op, OpKind};
 use super::shared::{Deleted, Listed, Shared, Written};
 use crate::domain::SessionId;
-use crate::labels::{SessionOp, SessionOutcome, StateStore, StateUser, WriteBack};
+use crate::labels::{SessionOp, SessionOutcome, StateStore, StateUser};
 use crate::metrics::Metrics;
 use crate::redis::{Keys, Redis, RedisError};
 
 /// A PATCH that keeps meeting other instances' writes gives up after this many rounds.
-const PATCH_ROUNDS: usize = 64;
+pub(super) const PATCH_ROUNDS: usize = 64;
 
 /// Settings of the session store.
 #[derive(Debug, Clone)]
@@ -51,6 +56,9 @@ pub enum SessionError {
     Invalid(String),
     #[error("the session is being written by others too often; retry")]
     Busy,
+    /// A conditional write while Redis cannot be asked: only the shared store can check it.
+    #[error("the shared session store is unavailable")]
+    Unavailable,
 }
 
 impl SessionError {
@@ -60,7 +68,7 @@ impl SessionError {
             SessionError::VersionMismatch { .. } | SessionError::Busy => SessionOutcome::Conflict,
             SessionError::TooLarge { .. } => SessionOutcome::TooLarge,
             SessionError::Invalid(_) => SessionOutcome::Invalid,
-            SessionError::MemoryFull => SessionOutcome::Full,
+            SessionError::MemoryFull | SessionError::Unavailable => SessionOutcome::Full,
         }
     }
 }
@@ -177,33 +185,63 @@ impl Sessions {
         tracing::warn!(op = op.as_str(), session = id, error = %e, "redis failed: session kept in this instance's memory");
     }
 
-    /// Writes back what this instance owes Redis for `id` (its lock held). An error means Redis
-    /// failed: the caller goes on from memory.
-    pub(super) async fn settle(
+    /// Where an operation goes: `Ok(Some(shared))` to Redis (after settling what this instance
+    /// owes it for `id`), `Ok(None)` to memory, `Err` for a conditional write that only Redis
+    /// can check while Redis cannot be asked.
+    async fn route(
         &self,
-        shared: &Shared,
+        op: SessionOp,
         id: &str,
         now: i64,
-    ) -> Result<(), RedisError> {
-        let Some(entry) = self.memory.entry(id, now) else {
-            return Ok(());
-        };
-        if !entry.owed {
-            return Ok(());
+        conditional: bool,
+    ) -> Outcome<Option<&Shared>> {
+        if let Some(shared) = self.up() {
+            match self.settle(shared, id, now).await {
+                Ok(()) => return Ok(Some(shared)),
+                Err(e) => self.fell_back(op, id, &e),
+            }
         }
-        let written = shared
-            .write_back(id, &entry.doc, entry.tombstone, now)
-            .await?;
-        self.memory.remove_if(id, &entry.doc);
-        self.metrics.state.write_back(if written.is_some() {
-            WriteBack::Written
-        } else {
-            WriteBack::Superseded
-        });
-        Ok(())
+        if conditional && self.shared.is_some() {
+            return Err(SessionError::Unavailable);
+        }
+        Ok(None)
     }
 
-    /// Creates or replaces a session (`expect`: the version it must be at, 0 = must not exist).
+    /// After a failed Redis operation: a conditional one is refused (503), anything else goes
+    /// on from memory.
+    fn after_failure(
+        &self,
+        op: SessionOp,
+        id: &str,
+        e: &RedisError,
+        conditional: bool,
+    ) -> Outcome<()> {
+        self.fell_back(op, id, e);
+        if conditional {
+            Err(SessionError::Unavailable)
+        } else {
+            Ok(())
+        }
+    }
+
+    /// Keeps `doc` in memory with the operation it owes Redis (when Redis is on).
+    fn keep(&self, id: &str, doc: Doc, op: Op, now: i64) -> Outcome<()> {
+        let mut entry = self.memory.entry(id, now).unwrap_or(Entry {
+            doc: doc.clone(),
+            tombstone: false,
+            owed: Vec::new(),
+        });
+        entry.doc = doc;
+        entry.tombstone = matches!(op.kind, OpKind::Delete);
+        if self.shared.is_some() {
+            entry.owe(op);
+        }
+        self.memory
+            .put(id, entry, now)
+            .map_err(|_| SessionError::MemoryFull)
+    }
+
+    /// Creates or replaces a session (`expect`: the version it must be at).
     pub async fn put(
         &self,
         id: &SessionId,
@@ -227,33 +265,33 @@ impl Sessions {
         let id = id.as_str();
         let _held = self.locks.lock(id).await;
         let now = self.clock.now_ms();
-        if let Some(shared) = self.up() {
-            let written = match self.settle(shared, id, now).await {
-                Ok(()) => shared.write(id, expect, &text, now, ttl).await,
-                Err(e) => Err(e),
-            };
-            match written {
+        let doc = |version, created_ms, data| Doc {
+            version,
+            created_ms,
+            updated_ms: now,
+            expires_ms: now + ttl,
+            data,
+        };
+        if let Some(shared) = self
+            .route(SessionOp::Put, id, now, expect.is_some())
+            .await?
+        {
+            match shared.write(id, expect, &text, now, ttl).await {
                 Ok(Written::Yes {
                     version,
                     created_ms,
+                    replaced,
                 }) => {
-                    let doc = Doc {
-                        version,
-                        created_ms,
-                        updated_ms: now,
-                        expires_ms: now + ttl,
-                        data: text,
-                    };
                     return Ok(Answer {
-                        doc,
+                        doc: doc(version, created_ms, text),
                         store: StateStore::Redis,
-                        created: version == 1,
-                    });
+                        created: !replaced,
+                    })
                 }
                 Ok(Written::Mismatch { current }) => {
                     return Err(SessionError::VersionMismatch { current })
                 }
-                Err(e) => self.fell_back(SessionOp::Put, id, &e),
+                Err(e) => self.after_failure(SessionOp::Put, id, &e, expect.is_some())?,
             }
         }
         let cur = self.memory.get(id, now);
@@ -261,31 +299,19 @@ impl Sessions {
         if expect.is_some_and(|e| e != version) {
             return Err(SessionError::VersionMismatch { current: version });
         }
-        let doc = Doc {
-            version: version + 1,
-            created_ms: cur.as_ref().map_or(now, |e| e.doc.created_ms),
-            updated_ms: now,
+        let created_ms = cur.as_ref().map_or(now, |e| e.doc.created_ms);
+        let kept = doc(version + 1, created_ms, text.clone());
+        let op = Op {
+            at_ms: now,
             expires_ms: now + ttl,
-            data: text,
+            kind: OpKind::Put(text),
         };
-        self.keep(id, doc.clone(), now)?;
+        self.keep(id, kept.clone(), op, now)?;
         Ok(Answer {
-            doc,
+            doc: kept,
             store: StateStore::Memory,
-            created: version == 0,
+            created: cur.is_none(),
         })
-    }
-
-    /// Keeps `doc` in memory, owed to Redis if Redis is on.
-    fn keep(&self, id: &str, doc: Doc, now: i64) -> Outcome<()> {
-        let entry = Entry {
-            doc,
-            owed: self.shared.is_some(),
-            tombstone: false,
-        };
-        self.memory
-            .put(id, entry, now)
-            .map_err(|_| SessionError::MemoryFull)
     }
 
     /// Reads a session; `touch` slides its expiry as a write would.
@@ -303,6 +329,24 @@ impl Sessions {
         self.counted(op, out)
     }
 
+    /// Whether a session exists: `None` when that cannot be known (Redis is on but cannot be
+    /// asked, and this instance does not hold it).
+    pub async fn exists(&self, id: &SessionId) -> Option<bool> {
+        let id = id.as_str();
+        let _held = self.locks.lock(id).await;
+        let now = self.clock.now_ms();
+        if let Ok(Some(shared)) = self.route(SessionOp::Get, id, now, false).await {
+            if let Ok(doc) = shared.get(id, now).await {
+                return Some(doc.is_some());
+            }
+        }
+        if self.memory.get(id, now).is_some() {
+            Some(true)
+        } else {
+            self.shared.is_none().then_some(false)
+        }
+    }
+
     /// Slides a session's expiry to now + `ttl_secs` (or the default).
     pub async fn touch(&self, id: &SessionId, ttl_secs: Option<u64>) -> Outcome<Answer> {
         let out = self.touch_inner(id, ttl_secs).await;
@@ -313,12 +357,8 @@ impl Sessions {
         let id = id.as_str();
         let _held = self.locks.lock(id).await;
         let now = self.clock.now_ms();
-        if let Some(shared) = self.up() {
-            let read = match self.settle(shared, id, now).await {
-                Ok(()) => shared.get(id, now).await,
-                Err(e) => Err(e),
-            };
-            match read {
+        if let Some(shared) = self.route(SessionOp::Get, id, now, false).await? {
+            match shared.get(id, now).await {
                 Ok(Some(doc)) => return Ok(redis_answer(doc)),
                 Ok(None) => return Err(SessionError::NotFound),
                 Err(e) => self.fell_back(SessionOp::Get, id, &e),
@@ -335,23 +375,21 @@ impl Sessions {
         let id = id.as_str();
         let _held = self.locks.lock(id).await;
         let now = self.clock.now_ms();
-        if let Some(shared) = self.up() {
-            let touched = match self.settle(shared, id, now).await {
-                Ok(()) => shared.touch(id, now, ttl).await,
-                Err(e) => Err(e),
-            };
-            match touched {
+        if let Some(shared) = self.route(SessionOp::Touch, id, now, false).await? {
+            match shared.touch(id, now, ttl).await {
                 Ok(Some(doc)) => return Ok(redis_answer(doc)),
                 Ok(None) => return Err(SessionError::NotFound),
                 Err(e) => self.fell_back(SessionOp::Touch, id, &e),
             }
         }
-        let mut entry = self.memory.get(id, now).ok_or(SessionError::NotFound)?;
-        entry.doc.expires_ms = now + ttl;
-        let doc = entry.doc.clone();
-        self.memory
-            .put(id, entry, now)
-            .map_err(|_| SessionError::MemoryFull)?;
+        let mut doc = self.memory.get(id, now).ok_or(SessionError::NotFound)?.doc;
+        doc.expires_ms = now + ttl;
+        let op = Op {
+            at_ms: now,
+            expires_ms: now + ttl,
+            kind: OpKind::Touch,
+        };
+        self.keep(id, doc.clone(), op, now)?;
         Ok(memory_answer(doc))
     }
 
@@ -368,7 +406,7 @@ impl Sessions {
         self.counted(SessionOp::Patch, out)
     }
 
-    fn merged(&self, base: &Doc, patch: &Map<String, Value>) -> Outcome<String> {
+    pub(super) fn merged(&self, base: &Doc, patch: &Map<String, Value>) -> Outcome<String> {
         let mut data = Value::Object(base.data_object());
         merge_patch(&mut data, &Value::Object(patch.clone()));
         match data {
@@ -388,15 +426,20 @@ impl Sessions {
         let id = id.as_str();
         let _held = self.locks.lock(id).await;
         let mut now = self.clock.now_ms();
-        if let Some(shared) = self.up() {
-            let mut failed = self.settle(shared, id, now).await.err();
+        let owe = |now: i64| Op {
+            at_ms: now,
+            expires_ms: now + ttl,
+            kind: OpKind::Patch(patch.clone()),
+        };
+        let conditional = expect.is_some();
+        if let Some(shared) = self.route(SessionOp::Patch, id, now, conditional).await? {
             let mut rounds = 0;
-            while failed.is_none() {
+            loop {
                 let base = match shared.get(id, now).await {
                     Ok(Some(doc)) => doc,
                     Ok(None) => return Err(SessionError::NotFound),
                     Err(e) => {
-                        failed = Some(e);
+                        self.after_failure(SessionOp::Patch, id, &e, conditional)?;
                         break;
                     }
                 };
@@ -406,17 +449,21 @@ impl Sessions {
                     });
                 }
                 let text = self.merged(&base, patch)?;
-                match shared.write(id, Some(base.version), &text, now, ttl).await {
+                let doc = Doc {
+                    version: base.version + 1,
+                    created_ms: base.created_ms,
+                    updated_ms: now,
+                    expires_ms: now + ttl,
+                    data: text,
+                };
+                match shared
+                    .write(id, Some(base.version), &doc.data, now, ttl)
+                    .await
+                {
                     Ok(Written::Yes { version, .. }) => {
-                        return Ok(redis_answer(Doc {
-                            version,
-                            created_ms: base.created_ms,
-                            updated_ms: now,
-                            expires_ms: now + ttl,
-                            data: text,
-                        }))
+                        return Ok(redis_answer(Doc { version, ..doc }))
                     }
-                    Ok(Written::Mismatch { current }) if expect.is_some() => {
+                    Ok(Written::Mismatch { current }) if conditional => {
                         return Err(SessionError::VersionMismatch { current })
                     }
                     Ok(Written::Mismatch { .. }) => {
@@ -427,23 +474,13 @@ impl Sessions {
                         now = self.clock.now_ms();
                     }
                     Err(e) => {
-                        // The write may or may not have landed: keep the result here; the
-                        // write-back finds Redis at this very update if it did, and keeps it.
-                        self.fell_back(SessionOp::Patch, id, &e);
-                        let doc = Doc {
-                            version: base.version + 1,
-                            created_ms: base.created_ms,
-                            updated_ms: now,
-                            expires_ms: now + ttl,
-                            data: text,
-                        };
-                        self.keep(id, doc.clone(), now)?;
+                        // It may or may not have landed: owe the patch (merging it again is
+                        // harmless) and answer from what it made of the copy just read.
+                        self.after_failure(SessionOp::Patch, id, &e, conditional)?;
+                        self.keep(id, doc.clone(), owe(now), now)?;
                         return Ok(memory_answer(doc));
                     }
                 }
-            }
-            if let Some(e) = failed {
-                self.fell_back(SessionOp::Patch, id, &e);
             }
         }
         let base = self.memory.get(id, now).ok_or(SessionError::NotFound)?.doc;
@@ -459,7 +496,7 @@ impl Sessions {
             expires_ms: now + ttl,
             data: self.merged(&base, patch)?,
         };
-        self.keep(id, doc.clone(), now)?;
+        self.keep(id, doc.clone(), owe(now), now)?;
         Ok(memory_answer(doc))
     }
 
@@ -474,18 +511,15 @@ impl Sessions {
         let id = id.as_str();
         let _held = self.locks.lock(id).await;
         let now = self.clock.now_ms();
-        if let Some(shared) = self.up() {
-            let deleted = match self.settle(shared, id, now).await {
-                Ok(()) => shared.delete(id, expect, now).await,
-                Err(e) => Err(e),
-            };
-            match deleted {
+        let conditional = expect.is_some();
+        if let Some(shared) = self.route(SessionOp::Delete, id, now, conditional).await? {
+            match shared.delete(id, expect, now).await {
                 Ok(Deleted::Yes) => return Ok(StateStore::Redis),
                 Ok(Deleted::NotFound) => return Err(SessionError::NotFound),
                 Ok(Deleted::Mismatch { current }) => {
                     return Err(SessionError::VersionMismatch { current })
                 }
-                Err(e) => self.fell_back(SessionOp::Delete, id, &e),
+                Err(e) => self.after_failure(SessionOp::Delete, id, &e, conditional)?,
             }
         }
         let cur = self.memory.get(id, now);
@@ -503,21 +537,20 @@ impl Sessions {
                 _ => Err(SessionError::NotFound),
             };
         }
-        // Redis may hold it: remember the delete, to be written back.
-        let tombstone = Entry {
-            doc: Doc {
-                version: cur.as_ref().map_or(0, |e| e.doc.version),
-                created_ms: now,
-                updated_ms: now,
-                expires_ms: now + self.cfg.max_ttl.as_millis() as i64,
-                data: String::new(),
-            },
-            owed: true,
-            tombstone: true,
+        // Redis may hold it: remember the delete, owed to Redis.
+        let tombstone = Doc {
+            version: cur.as_ref().map_or(0, |e| e.doc.version),
+            created_ms: now,
+            updated_ms: now,
+            expires_ms: now + self.cfg.max_ttl.as_millis() as i64,
+            data: String::new(),
         };
-        self.memory
-            .put(id, tombstone, now)
-            .map_err(|_| SessionError::MemoryFull)?;
+        let op = Op {
+            at_ms: now,
+            expires_ms: tombstone.expires_ms,
+            kind: OpKind::Delete,
+        };
+        self.keep(id, tombstone, op, now)?;
         Ok(StateStore::Memory)
     }
 }

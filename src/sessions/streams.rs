@@ -3,8 +3,10 @@
 //! is away, a ring per stream in this instance's memory. Both answer the same read: the events
 //! after a given id, and whether the stream dropped any event after that id (a gap).
 //!
-//! Gaps are exact: each stream has a trim mark, the newest id trimmed so far (set by the add
-//! that trimmed it), and a reader who last saw an older id has missed at least that one.
+//! Gaps are exact: each stream has a mark, the newest id trimmed so far (set by the add that
+//! trimmed it) and the newest id added; a reader who last saw an id older than the trimmed one
+//! has missed at least that one. The mark outlives the stream by days, so a stream that
+//! expired while idle and started over still reports the gap to a reader of its earlier life.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Mutex;
@@ -18,12 +20,31 @@ use crate::redis::{Redis, RedisError};
 /// The type of the marker a deleted session's stream ends with (clients cannot post it).
 pub(crate) const END: &str = "end";
 
+/// How long a stream's trim mark outlives its last add: a subscriber resuming within it learns
+/// of a gap even after the stream itself expired and started over.
+const MARK_TTL_MS: u64 = 7 * 86_400_000;
+
+/// `older(a, b)`: whether stream id `a` sorts before `b`.
+const OLDER_LUA: &str = r#"
+local function older(a, b)
+  local am, as = string.match(a, '^(%d+)-(%d+)$')
+  local bm, bs = string.match(b, '^(%d+)-(%d+)$')
+  if not am or not bm then return false end
+  am, as, bm, bs = tonumber(am), tonumber(as), tonumber(bm), tonumber(bs)
+  return am < bm or (am == bm and as < bs)
+end
+"#;
+
 const ADD_LUA: &str = r#"
--- KEYS: stream, its trim mark; ARGV: type, data, max len, retention ms, channel
--- Appends an event, trims by length and age (noting the newest id trimmed: Redis's own
--- max-deleted-entry-id does not count trims), announces the stream; returns the event's id.
+-- KEYS: stream, its mark (hash: `trimmed`, the newest id trimmed; `last`, the newest added)
+-- ARGV: type, data, max len, retention ms, channel, mark ttl ms
+-- Appends an event, trims by length and age (Redis's own max-deleted-entry-id does not count
+-- trims), announces the stream; returns the event's id. A stream that expired and starts over
+-- counts everything of its earlier life as trimmed.
+local fresh = redis.call('EXISTS', KEYS[1]) == 0
 local id = redis.call('XADD', KEYS[1], '*', 't', ARGV[1], 'd', ARGV[2])
 local mark = false
+if fresh then mark = redis.call('HGET', KEYS[2], 'last') end
 local excess = redis.call('XLEN', KEYS[1]) - tonumber(ARGV[3])
 if excess > 0 then
   local gone = redis.call('XRANGE', KEYS[1], '-', '+', 'COUNT', excess)
@@ -37,30 +58,26 @@ if #aged > 0 then
   mark = aged[1][1]
   redis.call('XTRIM', KEYS[1], 'MINID', oldest)
 end
-if mark then redis.call('SET', KEYS[2], mark) end
+if mark then redis.call('HSET', KEYS[2], 'trimmed', mark) end
+redis.call('HSET', KEYS[2], 'last', id)
 redis.call('PEXPIRE', KEYS[1], ARGV[4])
-redis.call('PEXPIRE', KEYS[2], ARGV[4])
+redis.call('PEXPIRE', KEYS[2], ARGV[6])
 redis.call('PUBLISH', ARGV[5], KEYS[1])
 return id
 "#;
 
 const READ_LUA: &str = r#"
--- KEYS: stream, its trim mark; ARGV: after ('' = from the oldest retained), count
+-- KEYS: stream, its mark; ARGV: after ('' = from the oldest retained), count
 -- Returns {gap (1/0), resume id, entries}: a gap when an event after `after` was trimmed; the
 -- entries then start after the newest trimmed id (the resume id).
 local after = ARGV[1]
 if redis.call('EXISTS', KEYS[1]) == 0 then
-  if after ~= '' and after ~= '0-0' then return {1, after, {}} end
+  -- Expired (or never written): a gap if anything was ever added after `after`.
+  local last = redis.call('HGET', KEYS[2], 'last')
+  if after ~= '' and last and older(after, last) then return {1, last, {}} end
   return {0, '', {}}
 end
-local trimmed = redis.call('GET', KEYS[2]) or '0-0'
-local function older(a, b)
-  local am, as = string.match(a, '^(%d+)-(%d+)$')
-  local bm, bs = string.match(b, '^(%d+)-(%d+)$')
-  if not am or not bm then return false end
-  am, as, bm, bs = tonumber(am), tonumber(as), tonumber(bm), tonumber(bs)
-  return am < bm or (am == bm and as < bs)
-end
+local trimmed = redis.call('HGET', KEYS[2], 'trimmed') or '0-0'
 local start, gap = '-', 0
 if after ~= '' then
   if older(after, trimmed) then
@@ -162,7 +179,7 @@ impl RedisStreams {
     pub(crate) fn new() -> Self {
         RedisStreams {
             add: Script::new(ADD_LUA),
-            read: Script::new(READ_LUA),
+            read: Script::new(&format!("{OLDER_LUA}{READ_LUA}")),
             tail: Script::new(TAIL_LUA),
         }
     }
@@ -186,7 +203,8 @@ impl RedisStreams {
             .arg(data)
             .arg(max_len)
             .arg(retention_ms)
-            .arg(channel);
+            .arg(channel)
+            .arg(MARK_TTL_MS);
         let id: String = redis
             .run(RedisOp::StreamAdd, inv.invoke_async(&mut conn))
             .await?;
@@ -254,6 +272,9 @@ impl RedisStreams {
     }
 }
 
+/// Streams this instance keeps in memory at most (while Redis is away).
+const MAX_RINGS: usize = 10_000;
+
 /// One stream in memory.
 #[derive(Default)]
 struct Ring {
@@ -300,9 +321,19 @@ impl Rings {
     pub(crate) fn add(&self, key: &str, kind: &str, data: &str, now_ms: i64) -> Event {
         let mut rings = self.lock();
         if !rings.contains_key(key) {
-            // Streams nobody added to within the retention are forgotten.
+            // Streams nobody added to within the retention are forgotten; past MAX_RINGS, the
+            // longest idle goes too.
             let cutoff = now_ms - self.retention_ms;
             rings.retain(|_, r| r.last.0 >= cutoff);
+            if rings.len() >= MAX_RINGS {
+                let idle = rings
+                    .iter()
+                    .min_by_key(|(_, r)| r.last)
+                    .map(|(k, _)| k.clone());
+                if let Some(k) = idle {
+                    rings.remove(&k);
+                }
+            }
         }
         let ring = rings.entry(key.to_owned()).or_default();
         let id = if now_ms > ring.last.0 {

@@ -8,7 +8,8 @@ use futures_util::StreamExt as _;
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 
-use crate::fixtures::eventually;
+use crate::fixtures::{eventually, redis_addr};
+use crate::relay::Relay;
 use crate::spawn::{spawn_app, spawn_app_with, TestApp};
 
 /// One Server-Sent Event as received.
@@ -235,6 +236,60 @@ async fn a_resume_point_past_the_retention_gets_a_gap_first() {
     assert_eq!(ok.next(WAIT).await.unwrap().id, Some(ids[3].clone()));
     let polled = app.get(&format!("{path}?after={}", ids[0])).await;
     assert_eq!(polled.body["gap"], true);
+
+    // The stream expires while idle (its key gone) and starts over: a reader of its earlier
+    // life still learns of the gap.
+    let mut c = app.redis.clone();
+    let _: i64 = redis::cmd("DEL")
+        .arg(format!("{}:state:v1:events:session:g", app.namespace))
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    let polled = app.get(&format!("{path}?after={}", ids[4])).await;
+    assert_eq!(polled.body["gap"], true, "{}", polled.text);
+    let polled = app.get(&format!("{path}?after={}", ids[5])).await;
+    assert_eq!(
+        polled.body["gap"], false,
+        "nothing was added after the last one"
+    );
+    let next = post_event(&app, path, 6).await;
+    let mut sub = SseReader::open(&app, path, Some(&ids[4])).await.1.unwrap();
+    let gap = sub.next(WAIT).await.unwrap();
+    assert_eq!(
+        (gap.event.as_str(), &gap.json()["resumed_after"]),
+        ("gap", &json!(ids[5]))
+    );
+    assert_eq!(sub.next(WAIT).await.unwrap().id, Some(next));
+}
+
+#[tokio::test]
+async fn a_redis_hiccup_does_not_end_a_subscription() {
+    let relay = Relay::start(redis_addr()).await;
+    let mut settings = crate::spawn::test_settings();
+    settings.redis.url = sidecache::config::SecretUrl::new(relay.redis_url());
+    settings.redis.timeout = Duration::from_millis(200);
+    settings.redis.breaker_open = Duration::from_millis(200);
+    settings.events.keepalive = Duration::from_secs(1);
+    let a = crate::spawn::spawn_with_settings(settings).await;
+    let b = a
+        .spawn_peer(|s| {
+            s.redis.url = sidecache::config::SecretUrl::new(crate::fixtures::redis_url())
+        })
+        .await;
+    b.put_session("h", json!({"data": {}})).await;
+    let mut sub = SseReader::open(&a, "/v1/sessions/h/events", None)
+        .await
+        .1
+        .unwrap();
+    relay.cut();
+    assert!(
+        sub.next(Duration::from_millis(2500)).await.is_none(),
+        "no `end` while Redis is away"
+    );
+    relay.restore();
+    let id = post_event(&b, "/v1/sessions/h/events", 1).await;
+    let e = sub.next(WAIT).await.expect("still subscribed");
+    assert_eq!(e.id, Some(id), "{e:?}");
 }
 
 #[tokio::test]
