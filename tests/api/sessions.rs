@@ -367,7 +367,12 @@ async fn with_redis_cut_sessions_live_in_memory_and_are_written_back() {
     assert!(
         eventually(Duration::from_secs(10), || async {
             !app.session_in_redis("during").await.is_empty()
-                && app.session_in_redis("old").await.get("e").map(String::as_str) == Some("0")
+                && app
+                    .session_in_redis("old")
+                    .await
+                    .get("e")
+                    .map(String::as_str)
+                    == Some("0")
         })
         .await,
         "written back once Redis answers"
