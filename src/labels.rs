@@ -58,6 +58,8 @@ labels! {
         Greeting => "/v1/leads/{id}/greeting",
         History => "/v1/leads/{id}/history",
         Initiation => "/v1/calls/initiation",
+        /// Not a cached lookup, but as hot: a handler reads its call's session on every turn.
+        Session => "/v1/sessions/{id}",
     }
 }
 

@@ -51,6 +51,33 @@ fn write(dt: &DateTime<Utc>, out: &mut [u8; MAX]) -> Option<usize> {
     Some(len + 1)
 }
 
+/// Unix milliseconds as `YYYY-MM-DDTHH:MM:SS.mmmZ` (always three fraction digits), appended to
+/// `out`: how sessions write their times, without chrono's formatting machinery.
+pub fn push_millis(ms: i64, out: &mut Vec<u8>) {
+    let dt = DateTime::from_timestamp_millis(ms).unwrap_or_default();
+    let Some(year) = u32::try_from(dt.year()).ok().filter(|y| *y <= 9999) else {
+        let text = dt.to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+        out.extend_from_slice(text.as_bytes());
+        return;
+    };
+    let mut buf = *b"0000-00-00T00:00:00.000Z";
+    let mut put = |at: usize, value: u32, width: usize| {
+        let mut v = value;
+        for i in (at..at + width).rev() {
+            buf[i] = b'0' + (v % 10) as u8;
+            v /= 10;
+        }
+    };
+    put(0, year, 4);
+    put(5, dt.month(), 2);
+    put(8, dt.day(), 2);
+    put(11, dt.hour(), 2);
+    put(14, dt.minute(), 2);
+    put(17, dt.second(), 2);
+    put(20, dt.timestamp_subsec_millis().min(999), 3);
+    out.extend_from_slice(&buf);
+}
+
 /// For `#[serde(serialize_with)]` on a `DateTime<Utc>`: the same string chrono's `Serialize`
 /// writes.
 pub fn serialize<S: Serializer>(dt: &DateTime<Utc>, s: S) -> Result<S::Ok, S::Error> {
@@ -78,6 +105,18 @@ mod tests {
         let fast = serde_json::to_string(&Fast(dt)).unwrap();
         let chrono = serde_json::to_string(&dt).unwrap();
         assert_eq!(fast, chrono, "{dt:?}");
+    }
+
+    #[test]
+    fn millis_are_written_as_chrono_writes_them() {
+        for ms in [0, 1_500, 1_764_669_600_123, 253_402_300_799_999, -1_000] {
+            let mut out = Vec::new();
+            push_millis(ms, &mut out);
+            let want = DateTime::from_timestamp_millis(ms)
+                .unwrap()
+                .to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+            assert_eq!(String::from_utf8(out).unwrap(), want, "{ms}");
+        }
     }
 
     #[test]

@@ -172,6 +172,7 @@ fn hot_route(path: &str) -> Option<(LookupRoute, &str)> {
     let (a, b, c, d) = (s.next()?, s.next(), s.next(), s.next());
     let (route, param) = match (a, b, c, d) {
         ("calls", Some("initiation"), None, None) => (LookupRoute::Initiation, ""),
+        ("sessions", Some(id), None, None) => (LookupRoute::Session, id),
         ("organizations", Some("by-phone"), Some(p), None) => (LookupRoute::OrgByPhone, p),
         ("organizations", Some(id), None, None) => (LookupRoute::OrgById, id),
         ("leads", Some("by-phone"), Some(p), None) => (LookupRoute::LeadByPhone, p),
@@ -220,6 +221,10 @@ mod tests {
                 Some((LookupRoute::LeadByPhone, "context")),
             ),
             ("/v1/leads/x", Some((LookupRoute::LeadById, "x"))),
+            (
+                "/v1/sessions/call:1",
+                Some((LookupRoute::Session, "call:1")),
+            ),
             ("/v1/leads/x/context", Some((LookupRoute::Context, "x"))),
             ("/v1/leads/x/summary", Some((LookupRoute::Summary, "x"))),
             ("/v1/leads/x/greeting", Some((LookupRoute::Greeting, "x"))),
@@ -237,6 +242,10 @@ mod tests {
             ("/v1/calls/initiation/", None),
             ("/v1/calls", None),
             ("/v1/conversations/x", None),
+            ("/v1/sessions", None),
+            ("/v1/sessions/", None),
+            ("/v1/sessions/x/events", None),
+            ("/v1/sessions/x/touch", None),
             ("/healthz", None),
             ("/v2/leads/x", None),
             ("v1/leads/x", None),

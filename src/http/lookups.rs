@@ -178,6 +178,7 @@ pub(super) async fn answer(
             )
         }
         LookupRoute::Initiation => return initiation_answer(state, q, mode).await,
+        LookupRoute::Session => return super::sessions::get_answer(state, param, q).await,
     };
     Ok(respond(lookup, conditions, missing))
 }

@@ -10,7 +10,7 @@ use serde::Deserialize;
 use serde_json::{json, Map, Value};
 
 use super::error::{payload_too_large, ApiError, ErrorBody};
-use super::extract::{if_match, ApiJson, PathId, QueryPairs};
+use super::extract::{if_match, parse_id, ApiJson, PathId, PathText, QueryPairs};
 use super::AppState;
 use crate::domain::SessionId;
 use crate::labels::StateStore;
@@ -238,10 +238,20 @@ pub(super) async fn put(
     ))]
 pub(super) async fn get(
     State(state): State<AppState>,
-    PathId(id): PathId<SessionId>,
+    PathText(id): PathText,
     q: QueryPairs<'static>,
 ) -> Result<Response, ApiError> {
-    let touch = query_bool(&q, "touch")?;
+    get_answer(&state, &id, &q).await
+}
+
+/// A session's `GET`, as the front door and the router both answer it.
+pub(super) async fn get_answer(
+    state: &AppState,
+    raw_id: &str,
+    q: &QueryPairs<'_>,
+) -> Result<Response, ApiError> {
+    let id: SessionId = parse_id(raw_id)?;
+    let touch = query_bool(q, "touch")?;
     let a = state.sessions.get(&id, touch).await?;
     Ok(answer(StatusCode::OK, &id, &a))
 }

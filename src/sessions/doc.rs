@@ -6,6 +6,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde_json::{Map, Value};
 
+use crate::domain::rfc3339::push_millis;
 use crate::domain::SessionId;
 
 /// One session's stored state. Times are Unix milliseconds.
@@ -49,24 +50,26 @@ impl Doc {
         out.extend_from_slice(b"\",\"data\":");
         out.extend_from_slice(self.data.as_bytes());
         out.extend_from_slice(b",\"version\":");
-        out.extend_from_slice(self.version.to_string().as_bytes());
+        out.extend_from_slice(itoa::Buffer::new().format(self.version).as_bytes());
         for (name, ms) in [
-            ("created_at", self.created_ms),
-            ("updated_at", self.updated_ms),
-            ("expires_at", self.expires_ms),
+            (&b",\"created_at\":\""[..], self.created_ms),
+            (b",\"updated_at\":\"", self.updated_ms),
+            (b",\"expires_at\":\"", self.expires_ms),
         ] {
-            out.extend_from_slice(format!(",\"{name}\":\"{}\"", rfc3339_ms(ms)).as_bytes());
+            out.extend_from_slice(name);
+            push_millis(ms, &mut out);
+            out.push(b'"');
         }
         out.push(b'}');
         out
     }
 }
 
-/// Milliseconds since the epoch as RFC 3339 UTC.
+/// Milliseconds since the epoch as RFC 3339 UTC, with milliseconds.
 pub fn rfc3339_ms(ms: i64) -> String {
-    chrono::DateTime::from_timestamp_millis(ms)
-        .unwrap_or_default()
-        .to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+    let mut out = Vec::with_capacity(24);
+    push_millis(ms, &mut out);
+    String::from_utf8(out).unwrap_or_default()
 }
 
 /// Wall-clock time in milliseconds, which tests may move forward (sessions expire by this clock;

@@ -90,6 +90,11 @@ impl Memory {
         self.entry(id, now_ms).filter(|e| !e.tombstone)
     }
 
+    /// Whether anything is held for `id` (live, expired or a tombstone).
+    pub(crate) fn holds(&self, id: &str) -> bool {
+        self.map().contains_key(id)
+    }
+
     /// The entry of `id`, a tombstone included (an expired one is dropped on the way).
     pub(crate) fn entry(&self, id: &str, now_ms: i64) -> Option<Entry> {
         let mut map = self.map();

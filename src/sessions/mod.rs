@@ -14,7 +14,7 @@ mod upkeep;
 
 pub use doc::{merge_patch, rfc3339_ms, Clock, Doc};
 pub use events::{Events, EventsConfig, EventsError, Item, Stream, Subscription};
-pub use ratelimit::{Decision, DownPolicy, LimitConfig, RateLimiter};
+pub use ratelimit::{Decision, DownPolicy, LimitConfig, RateLimiter, GCRA_LUA};
 pub use shared::Listed;
 pub use store::{Answer, Page, SessionError, Sessions, SessionsConfig};
 pub use streams::{Batch, Event};

@@ -18,7 +18,9 @@ use crate::labels::{RateDecision, RedisOp, StateStore, StateUser};
 use crate::metrics::Metrics;
 use crate::redis::{Keys, Redis};
 
-const GCRA_LUA: &str = r#"
+/// The GCRA script (public for the benchmark that runs it bare, as its baseline).
+#[doc(hidden)]
+pub const GCRA_LUA: &str = r#"
 -- KEYS: the key's TAT; ARGV: emission interval µs, burst, cost
 -- Returns {allowed (1/0), remaining, reset after µs, retry after µs}.
 local t = redis.call('TIME')

@@ -355,6 +355,16 @@ impl Sessions {
 
     async fn get_inner(&self, id: &SessionId) -> Outcome<Answer> {
         let id = id.as_str();
+        // Nothing held here for this id: no write this instance acknowledged from memory can be
+        // missed by reading Redis, so the read need not queue behind the id's lock.
+        if let Some(shared) = self.up().filter(|_| !self.memory.holds(id)) {
+            let now = self.clock.now_ms();
+            match shared.get(id, now).await {
+                Ok(Some(doc)) => return Ok(redis_answer(doc)),
+                Ok(None) => return Err(SessionError::NotFound),
+                Err(e) => self.fell_back(SessionOp::Get, id, &e),
+            }
+        }
         let _held = self.locks.lock(id).await;
         let now = self.clock.now_ms();
         if let Some(shared) = self.route(SessionOp::Get, id, now, false).await? {
