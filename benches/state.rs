@@ -238,7 +238,7 @@ async fn run() {
         ratio: Some(patch.rps / r_set),
         target: "≥ 0.8×",
         met: patch.rps >= 0.8 * r_set && patch.errors == 0,
-        config: format!("{session_cfg}; PATCH = HMGET + one script (version check and write); baseline: {set_cmd}"),
+        config: format!("{session_cfg}; PATCH = one script (version check and write) on the copy this instance last wrote, HMGET first only when another instance moved it; baseline: {set_cmd}"),
     });
 
     // Rate limits: the same script, bare.

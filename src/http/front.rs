@@ -28,11 +28,12 @@ use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 use tower::ServiceExt as _;
 
+use super::error::payload_too_large;
 use super::extract::{Conditions, QueryPairs};
-use super::lookups;
 use super::middleware::{overloaded, panicked, InFlight};
 use super::request_id::{RequestIds, REQUEST_ID};
 use super::AppState;
+use super::{lookups, ratelimits};
 use crate::labels::LookupRoute;
 
 const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
@@ -45,6 +46,7 @@ struct Inner {
     state: AppState,
     router: Router,
     ids: RequestIds,
+    body_limit: usize,
 }
 
 impl Front {
@@ -55,6 +57,7 @@ impl Front {
             state,
             router,
             ids: RequestIds::new(),
+            body_limit,
         }))
     }
 
@@ -74,6 +77,13 @@ impl Front {
             if let Some((route, raw)) = hot_route(req.uri().path()) {
                 if let Some(param) = decode_segment(raw) {
                     return self.lookup(route, &param, &req).await;
+                }
+            }
+        } else if req.method() == Method::POST {
+            if let Some(name) = rate_limit_route(req.uri().path()) {
+                if let Some(name) = decode_segment(name) {
+                    let name = name.into_owned();
+                    return self.rate_limit(&name, req).await;
                 }
             }
         }
@@ -111,6 +121,54 @@ impl Front {
         );
         res
     }
+}
+
+impl Front {
+    /// `POST /v1/rate-limits/{name}/check`, as the router's `track` middleware and handler would
+    /// answer it (checked before every request to a limited action, so as hot as a lookup).
+    async fn rate_limit(&self, name: &str, req: Request<Incoming>) -> Response {
+        const ROUTE: &str = "/v1/rate-limits/{name}/check";
+        let started = Instant::now();
+        let state = &self.0.state;
+        let res = match state.limiter.try_acquire() {
+            Ok(_permit) => {
+                state.metrics.in_flight.inc();
+                let _counted = InFlight(&state.metrics);
+                let (parts, body) = req.into_parts();
+                let body = axum::body::Body::new(body);
+                let answer = async {
+                    match axum::body::to_bytes(body, self.0.body_limit).await {
+                        Ok(bytes) => {
+                            ratelimits::check_answer(state, name, &parts.headers, &bytes).await
+                        }
+                        Err(_) => Err(payload_too_large()),
+                    }
+                };
+                match AssertUnwindSafe(answer).catch_unwind().await {
+                    Ok(Ok(res)) => res,
+                    Ok(Err(e)) => e.into_response(),
+                    Err(_) => panicked(),
+                }
+            }
+            Err(_) => overloaded(state),
+        };
+        let status = res.status();
+        state.metrics.http_request(
+            ROUTE,
+            "POST",
+            status.as_str(),
+            started.elapsed().as_secs_f64(),
+        );
+        res
+    }
+}
+
+/// The raw name of `/v1/rate-limits/{name}/check` (a non-empty segment), or `None`.
+fn rate_limit_route(path: &str) -> Option<&str> {
+    let name = path
+        .strip_prefix("/v1/rate-limits/")?
+        .strip_suffix("/check")?;
+    (!name.is_empty() && !name.contains('/')).then_some(name)
 }
 
 /// Serves HTTP/1.1 on `listener` until `stop` completes, then stops accepting, lets every
@@ -257,6 +315,24 @@ mod tests {
             hot_route(&format!("/v1/leads/{id}/greeting")),
             Some((LookupRoute::Greeting, id))
         );
+    }
+
+    #[test]
+    fn the_rate_limit_route_is_matched_exactly() {
+        assert_eq!(
+            rate_limit_route("/v1/rate-limits/voice/check"),
+            Some("voice")
+        );
+        assert_eq!(rate_limit_route("/v1/rate-limits/%FF/check"), Some("%FF"));
+        for other in [
+            "/v1/rate-limits//check",
+            "/v1/rate-limits/a/b/check",
+            "/v1/rate-limits/voice/check/",
+            "/v1/rate-limits/voice",
+            "/v1/rate-limits/check",
+        ] {
+            assert_eq!(rate_limit_route(other), None, "{other}");
+        }
     }
 
     #[test]

@@ -2,18 +2,20 @@
 //! and `RateLimit` fields (draft-ietf-httpapi-ratelimit-headers: `"<name>";q=<quota>;w=<window
 //! s>` and `"<name>";r=<remaining>;t=<s until reset>`) and `Retry-After` when denied.
 
+use axum::body::Bytes;
 use axum::extract::State;
-use axum::http::{HeaderName, HeaderValue};
+use axum::http::{HeaderMap, HeaderName, HeaderValue};
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use serde_json::json;
 
-use super::error::{ApiError, ErrorBody};
-use super::extract::{ApiJson, PathText};
+use super::error::{payload_too_large, ApiError, ErrorBody};
+use super::extract::PathText;
 use super::AppState;
 
 const POLICY: HeaderName = HeaderName::from_static("ratelimit-policy");
 const RATELIMIT: HeaderName = HeaderName::from_static("ratelimit");
+const STORE: HeaderName = HeaderName::from_static("x-ratelimit-store");
 
 /// Longest key, in bytes.
 const MAX_KEY: usize = 256;
@@ -53,14 +55,51 @@ fn secs_ceil(d: std::time::Duration) -> u64 {
 pub(super) async fn check(
     State(state): State<AppState>,
     PathText(name): PathText,
-    ApiJson(b): ApiJson<Check>,
+    headers: HeaderMap,
+    body: Result<Bytes, axum::extract::rejection::BytesRejection>,
 ) -> Result<Response, ApiError> {
-    let Some(limit) = state.rate_limits.limit(&name) else {
-        return Err(ApiError::not_found(
-            "rate_limit_not_found",
-            "No rate limit of that name is configured.",
+    let body = body.map_err(|_| payload_too_large())?;
+    check_answer(&state, &name, &headers, &body).await
+}
+
+/// A JSON body as `ApiJson` would take it: `application/json` (or `+json`) or 415, a syntax
+/// error 400 `malformed_json`, a shape error 422 `invalid_body`.
+fn json_body<T: serde::de::DeserializeOwned>(
+    headers: &HeaderMap,
+    body: &[u8],
+) -> Result<T, ApiError> {
+    let json = headers
+        .get(axum::http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .map(|v| v.trim().to_ascii_lowercase())
+        .is_some_and(|m| {
+            m == "application/json" || (m.starts_with("application/") && m.ends_with("+json"))
+        });
+    if !json {
+        return Err(ApiError::new(
+            axum::http::StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+            "Send the body as JSON with `Content-Type: application/json`.",
         ));
+    }
+    serde_json::from_slice(body).map_err(|e| match e.classify() {
+        serde_json::error::Category::Data => ApiError::unprocessable("invalid_body", e.to_string()),
+        _ => ApiError::bad_request("malformed_json", e.to_string()),
+    })
+}
+
+/// One check, as the front door and the router both answer it.
+pub(super) async fn check_answer(
+    state: &AppState,
+    name: &str,
+    headers: &HeaderMap,
+    body: &[u8],
+) -> Result<Response, ApiError> {
+    let Some(limit) = state.rate_limits.limit(name) else {
+        return Err(not_found());
     };
+    let b: Check = json_body(headers, body)?;
     if b.key.is_empty() || b.key.len() > MAX_KEY || b.key.chars().any(char::is_control) {
         return Err(ApiError::unprocessable(
             "invalid_value",
@@ -73,11 +112,8 @@ pub(super) async fn check(
             format!("`cost` must be at most the limit's burst, {}", limit.burst),
         ));
     }
-    let Some(d) = state.rate_limits.check(&name, &b.key, b.cost).await else {
-        return Err(ApiError::not_found(
-            "rate_limit_not_found",
-            "No rate limit of that name is configured.",
-        ));
+    let Some(d) = state.rate_limits.check(name, &b.key, b.cost).await else {
+        return Err(not_found());
     };
     let mut res = axum::Json(json!({
         "allowed": d.allowed,
@@ -106,9 +142,13 @@ pub(super) async fn check(
         );
     }
     // Where it was counted: `redis` (fleet-wide), or `memory` (this instance, Redis away).
-    res.headers_mut().insert(
-        HeaderName::from_static("x-ratelimit-store"),
-        HeaderValue::from_static(d.store.as_str()),
-    );
+    h.insert(STORE, HeaderValue::from_static(d.store.as_str()));
     Ok(res)
+}
+
+fn not_found() -> ApiError {
+    ApiError::not_found(
+        "rate_limit_not_found",
+        "No rate limit of that name is configured.",
+    )
 }

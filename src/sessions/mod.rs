@@ -6,6 +6,7 @@ mod doc;
 mod events;
 mod locks;
 mod memory;
+mod model;
 mod ratelimit;
 mod shared;
 mod store;
@@ -14,7 +15,8 @@ mod upkeep;
 
 pub use doc::{merge_patch, rfc3339_ms, Clock, Doc};
 pub use events::{Events, EventsConfig, EventsError, Item, Stream, Subscription};
+pub use model::{Answer, Page, SessionError, SessionsConfig};
 pub use ratelimit::{Decision, DownPolicy, LimitConfig, RateLimiter, GCRA_LUA};
 pub use shared::Listed;
-pub use store::{Answer, Page, SessionError, Sessions, SessionsConfig};
+pub use store::Sessions;
 pub use streams::{Batch, Event};

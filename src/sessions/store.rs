@@ -23,6 +23,7 @@ use serde_json::{Map, Value};
 use super::doc::{merge_patch, Clock, Doc};
 use super::locks::Locks;
 use super::memory::{Entry, Memory, Op, OpKind};
+use super::model::{Answer, Page, SessionError, SessionsConfig};
 use super::shared::{Deleted, Listed, Shared, Written};
 use crate::domain::SessionId;
 use crate::labels::{SessionOp, SessionOutcome, StateStore, StateUser};
@@ -32,66 +33,15 @@ use crate::redis::{Keys, Redis, RedisError};
 /// A PATCH that keeps meeting other instances' writes gives up after this many rounds.
 pub(super) const PATCH_ROUNDS: usize = 64;
 
-/// Settings of the session store.
-#[derive(Debug, Clone)]
-pub struct SessionsConfig {
-    pub ttl: Duration,
-    pub max_ttl: Duration,
-    pub max_bytes: usize,
-    pub memory_max_entries: usize,
-}
-
-/// Why a session operation did not succeed.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum SessionError {
-    #[error("no such session")]
-    NotFound,
-    #[error("the session is at version {current}")]
-    VersionMismatch { current: u64 },
-    #[error("the data is larger than {max} bytes")]
-    TooLarge { max: usize },
-    #[error("this instance's memory holds as many sessions as it may")]
-    MemoryFull,
-    #[error("{0}")]
-    Invalid(String),
-    #[error("the session is being written by others too often; retry")]
-    Busy,
-    /// A conditional write while Redis cannot be asked: only the shared store can check it.
-    #[error("the shared session store is unavailable")]
-    Unavailable,
-}
-
-impl SessionError {
-    fn outcome(&self) -> SessionOutcome {
-        match self {
-            SessionError::NotFound => SessionOutcome::NotFound,
-            SessionError::VersionMismatch { .. } | SessionError::Busy => SessionOutcome::Conflict,
-            SessionError::TooLarge { .. } => SessionOutcome::TooLarge,
-            SessionError::Invalid(_) => SessionOutcome::Invalid,
-            SessionError::MemoryFull | SessionError::Unavailable => SessionOutcome::Full,
-        }
-    }
-}
-
-/// A session as an operation left it, and where it lives.
-#[derive(Debug, Clone)]
-pub struct Answer {
-    pub doc: Doc,
-    pub store: StateStore,
-    /// A PUT created it (rather than replacing one).
-    pub created: bool,
-}
-
-/// A page of sessions.
-#[derive(Debug, Clone)]
-pub struct Page {
-    pub sessions: Vec<Listed>,
-    pub next_cursor: Option<String>,
-    pub count: usize,
-    pub store: StateStore,
-}
+/// Bytes of recently written sessions kept as the base of the next PATCH.
+const RECENT_BYTES: u64 = 16 * 1024 * 1024;
 
 pub struct Sessions {
+    /// The copy of each session this instance last wrote or read in Redis, by id: the base of
+    /// its next PATCH, so that a handler patching its own call's session (the common case)
+    /// writes in one round trip. Never answered from: the write's version check decides, and
+    /// a mismatch reads Redis again.
+    pub(super) recent: moka::future::Cache<String, Arc<Doc>>,
     pub(super) cfg: SessionsConfig,
     pub(super) clock: Arc<Clock>,
     pub(super) shared: Option<Shared>,
@@ -111,7 +61,13 @@ impl Sessions {
         metrics: Arc<Metrics>,
     ) -> Self {
         let shared = redis.map(|(r, k)| Shared::new(r, k));
+        let recent = moka::future::Cache::builder()
+            .max_capacity(RECENT_BYTES)
+            .weigher(|k: &String, d: &Arc<Doc>| (k.len() + d.data.len() + 96) as u32)
+            .time_to_live(Duration::from_secs(60))
+            .build();
         Sessions {
+            recent,
             memory: Memory::new(cfg.memory_max_entries),
             cfg,
             clock,
@@ -224,6 +180,13 @@ impl Sessions {
         }
     }
 
+    /// Notes the copy this instance just wrote to Redis (the base of its next PATCH).
+    async fn remember(&self, id: &str, doc: &Doc) {
+        self.recent
+            .insert(id.to_owned(), Arc::new(doc.clone()))
+            .await;
+    }
+
     /// Keeps `doc` in memory with the operation it owes Redis (when Redis is on).
     fn keep(&self, id: &str, doc: Doc, op: Op, now: i64) -> Outcome<()> {
         let mut entry = self.memory.entry(id, now).unwrap_or(Entry {
@@ -276,17 +239,20 @@ impl Sessions {
             .route(SessionOp::Put, id, now, expect.is_some())
             .await?
         {
+            self.recent.invalidate(id).await;
             match shared.write(id, expect, &text, now, ttl).await {
                 Ok(Written::Yes {
                     version,
                     created_ms,
                     replaced,
                 }) => {
+                    let doc = doc(version, created_ms, text);
+                    self.remember(id, &doc).await;
                     return Ok(Answer {
-                        doc: doc(version, created_ms, text),
+                        doc,
                         store: StateStore::Redis,
                         created: !replaced,
-                    })
+                    });
                 }
                 Ok(Written::Mismatch { current }) => {
                     return Err(SessionError::VersionMismatch { current })
@@ -444,14 +410,26 @@ impl Sessions {
         let conditional = expect.is_some();
         if let Some(shared) = self.route(SessionOp::Patch, id, now, conditional).await? {
             let mut rounds = 0;
+            // The copy this instance last saw, if it could still be current; else Redis's.
+            let mut cached = self
+                .recent
+                .get(id)
+                .await
+                .filter(|d| !d.expired(now) && expect.is_none_or(|e| e == d.version));
             loop {
-                let base = match shared.get(id, now).await {
-                    Ok(Some(doc)) => doc,
-                    Ok(None) => return Err(SessionError::NotFound),
-                    Err(e) => {
-                        self.after_failure(SessionOp::Patch, id, &e, conditional)?;
-                        break;
-                    }
+                let base = match cached.take() {
+                    Some(doc) => Arc::unwrap_or_clone(doc),
+                    None => match shared.get(id, now).await {
+                        Ok(Some(doc)) => doc,
+                        Ok(None) => {
+                            self.recent.invalidate(id).await;
+                            return Err(SessionError::NotFound);
+                        }
+                        Err(e) => {
+                            self.after_failure(SessionOp::Patch, id, &e, conditional)?;
+                            break;
+                        }
+                    },
                 };
                 if expect.is_some_and(|e| e != base.version) {
                     return Err(SessionError::VersionMismatch {
@@ -471,10 +449,13 @@ impl Sessions {
                     .await
                 {
                     Ok(Written::Yes { version, .. }) => {
-                        return Ok(redis_answer(Doc { version, ..doc }))
+                        let doc = Doc { version, ..doc };
+                        self.remember(id, &doc).await;
+                        return Ok(redis_answer(doc));
                     }
                     Ok(Written::Mismatch { current }) if conditional => {
-                        return Err(SessionError::VersionMismatch { current })
+                        self.recent.invalidate(id).await;
+                        return Err(SessionError::VersionMismatch { current });
                     }
                     Ok(Written::Mismatch { .. }) => {
                         rounds += 1;
@@ -486,6 +467,7 @@ impl Sessions {
                     Err(e) => {
                         // It may or may not have landed: owe the patch (merging it again is
                         // harmless) and answer from what it made of the copy just read.
+                        self.recent.invalidate(id).await;
                         self.after_failure(SessionOp::Patch, id, &e, conditional)?;
                         self.keep(id, doc.clone(), owe(now), now)?;
                         return Ok(memory_answer(doc));
@@ -522,6 +504,7 @@ impl Sessions {
         let _held = self.locks.lock(id).await;
         let now = self.clock.now_ms();
         let conditional = expect.is_some();
+        self.recent.invalidate(id).await;
         if let Some(shared) = self.route(SessionOp::Delete, id, now, conditional).await? {
             match shared.delete(id, expect, now).await {
                 Ok(Deleted::Yes) => return Ok(StateStore::Redis),

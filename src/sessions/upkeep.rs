@@ -2,8 +2,9 @@
 //! was acknowledged from memory during an outage, and the gauges of live sessions.
 
 use super::memory::{Op, OpKind};
+use super::model::Page;
 use super::shared::{Listed, Replay, Replayed, Shared, Written};
-use super::store::{page, Outcome, Page, Sessions, PATCH_ROUNDS};
+use super::store::{page, Outcome, Sessions, PATCH_ROUNDS};
 use crate::labels::{SessionOp, StateStore, WriteBack};
 use crate::redis::RedisError;
 
@@ -66,6 +67,7 @@ impl Sessions {
         if entry.owed.is_empty() {
             return Ok(());
         }
+        self.recent.invalidate(id).await;
         for (done, op) in entry.owed.iter().enumerate() {
             match self.replay(shared, id, op, now).await {
                 Ok(result) => self.metrics.state.write_back(result),

@@ -708,3 +708,36 @@ async fn an_outage_patch_is_merged_into_what_redis_holds_and_conditional_writes_
         "one copy, seen alike"
     );
 }
+
+#[tokio::test]
+async fn a_patch_never_builds_on_a_copy_another_instance_has_moved_past() {
+    let a = spawn_app().await;
+    let b = a.spawn_peer(|_| {}).await;
+    a.put_session("p", json!({"data": {"a": 1}})).await;
+    // `a` now holds version 1 as the base of its next patch; `b` moves the session on.
+    assert_eq!(
+        b.patch_session("p", json!({"b": 2}), &[]).await.version(),
+        2
+    );
+    assert_eq!(
+        b.put_session("p", json!({"data": {"c": 3}}))
+            .await
+            .version(),
+        3
+    );
+    let r = a.patch_session("p", json!({"d": 4}), &[]).await;
+    assert_eq!(
+        (r.version(), &r.body["data"]),
+        (4, &json!({"c": 3, "d": 4}))
+    );
+    // And with If-Match of the copy `a` last wrote, after `b` moved on: 412, not a merge.
+    b.patch_session("p", json!({"e": 5}), &[]).await;
+    let stale = a
+        .patch_session("p", json!({"f": 6}), &[("if-match", "\"4\"")])
+        .await;
+    assert_eq!(stale.status, StatusCode::PRECONDITION_FAILED);
+    assert_eq!(
+        b.get("/v1/sessions/p").await.body["data"],
+        json!({"c": 3, "d": 4, "e": 5})
+    );
+}
