@@ -93,7 +93,9 @@ impl Front {
         }
     }
 
-    /// A lookup route, as the router's `track` middleware and handler would answer it.
+    /// A lookup route, as the router's `track` middleware and handler would answer it. Written
+    /// out rather than through [`Front::guarded`]: the extra future layer measured 700
+    /// instructions (4 %) on an L1 hit.
     async fn lookup(&self, route: LookupRoute, param: &str, req: &Request<Incoming>) -> Response {
         let started = Instant::now();
         let state = &self.0.state;
@@ -121,37 +123,25 @@ impl Front {
         );
         res
     }
-}
 
-impl Front {
     /// `POST /v1/rate-limits/{name}/check`, as the router's `track` middleware and handler would
     /// answer it (checked before every request to a limited action, so as hot as a lookup).
     async fn rate_limit(&self, name: &str, req: Request<Incoming>) -> Response {
         const ROUTE: &str = "/v1/rate-limits/{name}/check";
         let started = Instant::now();
         let state = &self.0.state;
-        let res = match state.limiter.try_acquire() {
-            Ok(_permit) => {
-                state.metrics.in_flight.inc();
-                let _counted = InFlight(&state.metrics);
-                let (parts, body) = req.into_parts();
-                let body = axum::body::Body::new(body);
-                let answer = async {
-                    match axum::body::to_bytes(body, self.0.body_limit).await {
-                        Ok(bytes) => {
-                            ratelimits::check_answer(state, name, &parts.headers, &bytes).await
-                        }
-                        Err(_) => Err(payload_too_large()),
+        let (parts, body) = req.into_parts();
+        let body = axum::body::Body::new(body);
+        let res = self
+            .guarded(async {
+                match axum::body::to_bytes(body, self.0.body_limit).await {
+                    Ok(bytes) => {
+                        ratelimits::check_answer(state, name, &parts.headers, &bytes).await
                     }
-                };
-                match AssertUnwindSafe(answer).catch_unwind().await {
-                    Ok(Ok(res)) => res,
-                    Ok(Err(e)) => e.into_response(),
-                    Err(_) => panicked(),
+                    Err(_) => Err(payload_too_large()),
                 }
-            }
-            Err(_) => overloaded(state),
-        };
+            })
+            .await;
         let status = res.status();
         state.metrics.http_request(
             ROUTE,
@@ -160,6 +150,27 @@ impl Front {
             started.elapsed().as_secs_f64(),
         );
         res
+    }
+
+    /// What the router's layers do around a handler: load shedding, the in-flight gauge, and
+    /// a panic answered with the JSON shape.
+    async fn guarded(
+        &self,
+        answer: impl std::future::Future<Output = Result<Response, super::ApiError>>,
+    ) -> Response {
+        let state = &self.0.state;
+        match state.limiter.try_acquire() {
+            Ok(_permit) => {
+                state.metrics.in_flight.inc();
+                let _counted = InFlight(&state.metrics);
+                match AssertUnwindSafe(answer).catch_unwind().await {
+                    Ok(Ok(res)) => res,
+                    Ok(Err(e)) => e.into_response(),
+                    Err(_) => panicked(),
+                }
+            }
+            Err(_) => overloaded(state),
+        }
     }
 }
 
