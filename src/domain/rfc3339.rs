@@ -9,6 +9,25 @@ use serde::Serializer;
 /// Longest form written here: `YYYY-MM-DDTHH:MM:SS.ffffffZ`.
 const MAX: usize = 27;
 
+/// `value` as `width` decimal digits at `out[at..]`.
+fn put(out: &mut [u8], at: usize, value: u32, width: usize) {
+    let mut v = value;
+    for i in (at..at + width).rev() {
+        out[i] = b'0' + (v % 10) as u8;
+        v /= 10;
+    }
+}
+
+/// The date and time digits of `YYYY-MM-DDTHH:MM:SS` (separators left as they are).
+fn put_fields(out: &mut [u8], year: u32, dt: &DateTime<Utc>) {
+    put(out, 0, year, 4);
+    put(out, 5, dt.month(), 2);
+    put(out, 8, dt.day(), 2);
+    put(out, 11, dt.hour(), 2);
+    put(out, 14, dt.minute(), 2);
+    put(out, 17, dt.second(), 2);
+}
+
 /// `dt` in the API's form, or `None` where chrono's own writer is needed (years outside
 /// 0–9999, nanosecond precision, a leap second).
 fn write(dt: &DateTime<Utc>, out: &mut [u8; MAX]) -> Option<usize> {
@@ -21,22 +40,10 @@ fn write(dt: &DateTime<Utc>, out: &mut [u8; MAX]) -> Option<usize> {
         n if n % 1_000 == 0 => 6,
         _ => return None, // 9 digits
     };
-    let mut put = |at: usize, value: u32, width: usize| {
-        let mut v = value;
-        for i in (at..at + width).rev() {
-            out[i] = b'0' + (v % 10) as u8;
-            v /= 10;
-        }
-    };
-    put(0, year, 4);
-    put(5, dt.month(), 2);
-    put(8, dt.day(), 2);
-    put(11, dt.hour(), 2);
-    put(14, dt.minute(), 2);
-    put(17, dt.second(), 2);
+    put_fields(out, year, dt);
     match fraction {
-        3 => put(20, nano / 1_000_000, 3),
-        6 => put(20, nano / 1_000, 6),
+        3 => put(out, 20, nano / 1_000_000, 3),
+        6 => put(out, 20, nano / 1_000, 6),
         _ => {}
     }
     for (at, c) in [(4, b'-'), (7, b'-'), (10, b'T'), (13, b':'), (16, b':')] {
@@ -61,20 +68,8 @@ pub fn push_millis(ms: i64, out: &mut Vec<u8>) {
         return;
     };
     let mut buf = *b"0000-00-00T00:00:00.000Z";
-    let mut put = |at: usize, value: u32, width: usize| {
-        let mut v = value;
-        for i in (at..at + width).rev() {
-            buf[i] = b'0' + (v % 10) as u8;
-            v /= 10;
-        }
-    };
-    put(0, year, 4);
-    put(5, dt.month(), 2);
-    put(8, dt.day(), 2);
-    put(11, dt.hour(), 2);
-    put(14, dt.minute(), 2);
-    put(17, dt.second(), 2);
-    put(20, dt.timestamp_subsec_millis().min(999), 3);
+    put_fields(&mut buf, year, &dt);
+    put(&mut buf, 20, dt.timestamp_subsec_millis().min(999), 3);
     out.extend_from_slice(&buf);
 }
 

@@ -162,15 +162,22 @@ impl From<JsonRejection> for ApiError {
             JsonRejection::JsonSyntaxError(e) => {
                 ApiError::bad_request("malformed_json", e.body_text())
             }
-            JsonRejection::MissingJsonContentType(_) => ApiError::new(
-                StatusCode::UNSUPPORTED_MEDIA_TYPE,
-                "unsupported_media_type",
+            JsonRejection::MissingJsonContentType(_) => unsupported_media_type(
                 "Send the body as JSON with `Content-Type: application/json`.",
             ),
             other if other.status() == StatusCode::PAYLOAD_TOO_LARGE => payload_too_large(),
             other => ApiError::bad_request("invalid_body", other.body_text()),
         }
     }
+}
+
+/// 415 with the JSON shape.
+pub(crate) fn unsupported_media_type(message: &'static str) -> ApiError {
+    ApiError::new(
+        StatusCode::UNSUPPORTED_MEDIA_TYPE,
+        "unsupported_media_type",
+        message,
+    )
 }
 
 /// 413 with the JSON shape.

@@ -30,6 +30,35 @@ where
     }
 }
 
+/// The request's media type (`Content-Type` without parameters), lowercased.
+pub(crate) fn media_type(headers: &HeaderMap) -> Option<String> {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .map(|v| v.trim().to_ascii_lowercase())
+}
+
+/// A JSON body read from bytes as [`ApiJson`] reads it: `application/json` (or `+json`) or 415,
+/// a syntax error 400 `malformed_json`, a shape error 422 `invalid_body`.
+pub(crate) fn json_body<T: serde::de::DeserializeOwned>(
+    headers: &HeaderMap,
+    body: &[u8],
+) -> Result<T, ApiError> {
+    let json = media_type(headers).is_some_and(|m| {
+        m == "application/json" || (m.starts_with("application/") && m.ends_with("+json"))
+    });
+    if !json {
+        return Err(super::error::unsupported_media_type(
+            "Send the body as JSON with `Content-Type: application/json`.",
+        ));
+    }
+    serde_json::from_slice(body).map_err(|e| match e.classify() {
+        serde_json::error::Category::Data => ApiError::unprocessable("invalid_body", e.to_string()),
+        _ => ApiError::bad_request("malformed_json", e.to_string()),
+    })
+}
+
 /// A single path parameter parsed into a domain id.
 pub(crate) struct PathId<T>(pub T);
 

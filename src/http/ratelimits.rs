@@ -10,7 +10,7 @@ use serde::Deserialize;
 use serde_json::json;
 
 use super::error::{payload_too_large, ApiError, ErrorBody};
-use super::extract::PathText;
+use super::extract::{json_body, PathText};
 use super::AppState;
 
 const POLICY: HeaderName = HeaderName::from_static("ratelimit-policy");
@@ -60,33 +60,6 @@ pub(super) async fn check(
 ) -> Result<Response, ApiError> {
     let body = body.map_err(|_| payload_too_large())?;
     check_answer(&state, &name, &headers, &body).await
-}
-
-/// A JSON body as `ApiJson` would take it: `application/json` (or `+json`) or 415, a syntax
-/// error 400 `malformed_json`, a shape error 422 `invalid_body`.
-fn json_body<T: serde::de::DeserializeOwned>(
-    headers: &HeaderMap,
-    body: &[u8],
-) -> Result<T, ApiError> {
-    let json = headers
-        .get(axum::http::header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.split(';').next())
-        .map(|v| v.trim().to_ascii_lowercase())
-        .is_some_and(|m| {
-            m == "application/json" || (m.starts_with("application/") && m.ends_with("+json"))
-        });
-    if !json {
-        return Err(ApiError::new(
-            axum::http::StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            "unsupported_media_type",
-            "Send the body as JSON with `Content-Type: application/json`.",
-        ));
-    }
-    serde_json::from_slice(body).map_err(|e| match e.classify() {
-        serde_json::error::Category::Data => ApiError::unprocessable("invalid_body", e.to_string()),
-        _ => ApiError::bad_request("malformed_json", e.to_string()),
-    })
 }
 
 /// One check, as the front door and the router both answer it.

@@ -9,8 +9,8 @@ use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
 
-use super::error::{payload_too_large, ApiError, ErrorBody};
-use super::extract::{if_match, parse_id, ApiJson, PathId, PathText, QueryPairs};
+use super::error::{payload_too_large, unsupported_media_type, ApiError, ErrorBody};
+use super::extract::{if_match, media_type, parse_id, ApiJson, PathId, PathText, QueryPairs};
 use super::AppState;
 use crate::domain::SessionId;
 use crate::labels::StateStore;
@@ -169,26 +169,17 @@ fn json_object(
     if optional && body.iter().all(u8::is_ascii_whitespace) {
         return Ok(None);
     }
-    let mime = headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.split(';').next())
-        .map(|v| v.trim().to_ascii_lowercase());
-    let accepted = match mime.as_deref() {
+    let accepted = match media_type(headers).as_deref() {
         Some("application/json") => true,
         Some("application/merge-patch+json") => merge,
         _ => false,
     };
     if !accepted {
-        return Err(ApiError::new(
-            StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            "unsupported_media_type",
-            if merge {
-                "Send the merge patch as `application/merge-patch+json` or `application/json`."
-            } else {
-                "Send the body as JSON with `Content-Type: application/json`."
-            },
-        ));
+        return Err(unsupported_media_type(if merge {
+            "Send the merge patch as `application/merge-patch+json` or `application/json`."
+        } else {
+            "Send the body as JSON with `Content-Type: application/json`."
+        }));
     }
     match serde_json::from_slice::<Value>(body) {
         Ok(Value::Object(m)) => Ok(Some(m)),
@@ -221,6 +212,10 @@ pub(super) async fn put(
 ) -> Result<Response, ApiError> {
     let expect = expected(&headers)?;
     let a = state.sessions.put(&id, &b.data, b.ttl_secs, expect).await?;
+    if a.created {
+        // A stream left by an earlier session of this id is not this one's.
+        state.events.session_created(&id).await;
+    }
     let status = if a.created {
         StatusCode::CREATED
     } else {

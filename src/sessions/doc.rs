@@ -35,12 +35,6 @@ impl Doc {
         }
     }
 
-    /// Whether `self` was written after `other` (later update, then higher version): the rule
-    /// that decides between a session written to memory during an outage and Redis's copy.
-    pub fn newer_than(&self, other: &Doc) -> bool {
-        (self.updated_ms, self.version) > (other.updated_ms, other.version)
-    }
-
     /// The API's Session JSON: `{id, data, version, created_at, updated_at, expires_at}`.
     pub fn render(&self, id: &SessionId) -> Vec<u8> {
         let mut out = Vec::with_capacity(self.data.len() + id.as_str().len() + 160);
@@ -179,19 +173,5 @@ mod tests {
                 "created_at": "1970-01-01T00:00:00.000Z", "updated_at": "1970-01-01T00:00:01.500Z",
                 "expires_at": "1970-01-01T01:00:00.000Z"})
         );
-    }
-
-    #[test]
-    fn the_later_write_is_newer() {
-        let at = |u, v| Doc {
-            version: v,
-            created_ms: 0,
-            updated_ms: u,
-            expires_ms: 10,
-            data: "{}".into(),
-        };
-        assert!(at(5, 1).newer_than(&at(4, 9)));
-        assert!(at(5, 2).newer_than(&at(5, 1)));
-        assert!(!at(5, 1).newer_than(&at(5, 1)));
     }
 }

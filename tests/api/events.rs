@@ -8,8 +8,7 @@ use futures_util::StreamExt as _;
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 
-use crate::fixtures::{eventually, redis_addr};
-use crate::relay::Relay;
+use crate::fixtures::eventually;
 use crate::spawn::{spawn_app, spawn_app_with, TestApp};
 
 /// One Server-Sent Event as received.
@@ -264,18 +263,11 @@ async fn a_resume_point_past_the_retention_gets_a_gap_first() {
 
 #[tokio::test]
 async fn a_redis_hiccup_does_not_end_a_subscription() {
-    let relay = Relay::start(redis_addr()).await;
-    let mut settings = crate::spawn::test_settings();
-    settings.redis.url = sidecache::config::SecretUrl::new(relay.redis_url());
-    settings.redis.timeout = Duration::from_millis(200);
-    settings.redis.breaker_open = Duration::from_millis(200);
-    settings.events.keepalive = Duration::from_secs(1);
-    let a = crate::spawn::spawn_with_settings(settings).await;
-    let b = a
-        .spawn_peer(|s| {
-            s.redis.url = sidecache::config::SecretUrl::new(crate::fixtures::redis_url())
-        })
-        .await;
+    let (relay, a) = crate::sessions::behind_relay(Duration::from_millis(200), |settings| {
+        settings.events.keepalive = Duration::from_secs(1);
+    })
+    .await;
+    let b = a.spawn_direct_peer().await;
     b.put_session("h", json!({"data": {}})).await;
     let mut sub = SseReader::open(&a, "/v1/sessions/h/events", None)
         .await
@@ -316,6 +308,18 @@ async fn subscribers_get_end_when_the_session_is_deleted_or_expires() {
             .error_code(),
         "session_not_found"
     );
+
+    // A new session of the same id starts a new stream: no `end`, no old events.
+    assert_eq!(
+        a.put_session("d", json!({"data": {}})).await.status,
+        StatusCode::CREATED
+    );
+    let mut fresh = SseReader::open(&b, "/v1/sessions/d/events", None)
+        .await
+        .1
+        .unwrap();
+    let id = post_event(&a, "/v1/sessions/d/events", 1).await;
+    assert_eq!(fresh.next(WAIT).await.unwrap().id, Some(id));
 
     b.put_session("e", json!({"data": {}, "ttl_secs": 60}))
         .await;

@@ -11,6 +11,8 @@ use serde_json::{json, Value};
 use crate::client::Answer;
 use crate::fixtures::{eventually, redis_addr};
 use crate::relay::Relay;
+use sidecache::config::Settings;
+
 use crate::spawn::{spawn_app, spawn_app_with, spawn_with_settings, test_settings, TestApp};
 
 impl TestApp {
@@ -45,6 +47,28 @@ impl TestApp {
             .query_async(&mut c)
             .await
             .unwrap()
+    }
+}
+
+/// An app whose Redis is reached through a relay (for the test to cut), with `budget` as its
+/// Redis timeout and breaker pause, and `tweak` applied.
+pub async fn behind_relay(budget: Duration, tweak: impl FnOnce(&mut Settings)) -> (Relay, TestApp) {
+    let relay = Relay::start(redis_addr()).await;
+    let mut settings = test_settings();
+    settings.redis.url = sidecache::config::SecretUrl::new(relay.redis_url());
+    settings.redis.timeout = budget;
+    settings.redis.breaker_open = budget;
+    tweak(&mut settings);
+    (relay, spawn_with_settings(settings).await)
+}
+
+impl TestApp {
+    /// A peer of this app that reaches Redis directly (not through its relay).
+    pub async fn spawn_direct_peer(&self) -> TestApp {
+        self.spawn_peer(|s| {
+            s.redis.url = sidecache::config::SecretUrl::new(crate::fixtures::redis_url())
+        })
+        .await
     }
 }
 
@@ -319,12 +343,7 @@ async fn if_match_writers_race_and_exactly_one_wins_each_version() {
 
 #[tokio::test]
 async fn with_redis_cut_sessions_live_in_memory_and_are_written_back() {
-    let relay = Relay::start(redis_addr()).await;
-    let mut settings = test_settings();
-    settings.redis.url = sidecache::config::SecretUrl::new(relay.redis_url());
-    settings.redis.timeout = Duration::from_millis(200);
-    settings.redis.breaker_open = Duration::from_millis(200);
-    let app = spawn_with_settings(settings).await;
+    let (relay, app) = behind_relay(Duration::from_millis(200), |_| {}).await;
     assert_eq!(
         store(&app.put_session("before", json!({"data": {"k": 0}})).await),
         "redis"
@@ -410,17 +429,8 @@ async fn with_redis_cut_sessions_live_in_memory_and_are_written_back() {
 
 #[tokio::test]
 async fn a_write_back_never_overwrites_a_later_write_made_elsewhere() {
-    let relay = Relay::start(redis_addr()).await;
-    let mut settings = test_settings();
-    settings.redis.url = sidecache::config::SecretUrl::new(relay.redis_url());
-    settings.redis.timeout = Duration::from_millis(200);
-    settings.redis.breaker_open = Duration::from_millis(200);
-    let cut_off = spawn_with_settings(settings).await;
-    let direct = cut_off
-        .spawn_peer(|s| {
-            s.redis.url = sidecache::config::SecretUrl::new(crate::fixtures::redis_url())
-        })
-        .await;
+    let (relay, cut_off) = behind_relay(Duration::from_millis(200), |_| {}).await;
+    let direct = cut_off.spawn_direct_peer().await;
     direct
         .put_session("x", json!({"data": {"v": "start"}}))
         .await;
@@ -563,17 +573,8 @@ async fn random_faults_under_sticky_writers_lose_no_acknowledged_write() {
         .and_then(|s| s.parse().ok())
         .unwrap_or_else(rand::random);
     eprintln!("seed {seed} (SIDECACHE_TEST_SEED={seed} repeats this run)");
-    let relay = Relay::start(redis_addr()).await;
-    let mut settings = test_settings();
-    settings.redis.url = sidecache::config::SecretUrl::new(relay.redis_url());
-    settings.redis.timeout = Duration::from_millis(100);
-    settings.redis.breaker_open = Duration::from_millis(100);
-    let faulty = spawn_with_settings(settings).await;
-    let direct = faulty
-        .spawn_peer(|s| {
-            s.redis.url = sidecache::config::SecretUrl::new(crate::fixtures::redis_url())
-        })
-        .await;
+    let (relay, faulty) = behind_relay(Duration::from_millis(100), |_| {}).await;
+    let direct = faulty.spawn_direct_peer().await;
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let mut writers = Vec::new();
     for w in 0..8u64 {
@@ -635,17 +636,8 @@ async fn random_faults_under_sticky_writers_lose_no_acknowledged_write() {
 
 #[tokio::test]
 async fn an_outage_patch_is_merged_into_what_redis_holds_and_conditional_writes_wait() {
-    let relay = Relay::start(redis_addr()).await;
-    let mut settings = test_settings();
-    settings.redis.url = sidecache::config::SecretUrl::new(relay.redis_url());
-    settings.redis.timeout = Duration::from_millis(200);
-    settings.redis.breaker_open = Duration::from_millis(200);
-    let cut_off = spawn_with_settings(settings).await;
-    let direct = cut_off
-        .spawn_peer(|s| {
-            s.redis.url = sidecache::config::SecretUrl::new(crate::fixtures::redis_url())
-        })
-        .await;
+    let (relay, cut_off) = behind_relay(Duration::from_millis(200), |_| {}).await;
+    let direct = cut_off.spawn_direct_peer().await;
     assert_eq!(
         direct
             .put_session("m", json!({"data": {"start": 0}}))
