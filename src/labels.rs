@@ -313,6 +313,8 @@ labels! {
         Sessions => "sessions",
         Events => "events",
         RateLimits => "rate_limits",
+        Webhooks => "webhooks",
+        Proxy => "proxy",
     }
 }
 
@@ -351,6 +353,60 @@ labels! {
 }
 
 labels! {
+    /// The voice platforms whose call-start webhooks sidecache answers.
+    Platform {
+        ElevenLabs => "elevenlabs",
+        Vapi => "vapi",
+        Retell => "retell",
+        Twilio => "twilio",
+    }
+}
+
+labels! {
+    /// How a call-start webhook was answered.
+    WebhookOutcome {
+        /// Everything the lookups know: the organization, and the caller's lead if it is one.
+        Full => "full",
+        /// The organization only: the caller's part was not known within the deadline.
+        Partial => "partial",
+        /// Nothing known within the deadline: the configured defaults or a generic greeting.
+        Fallback => "fallback",
+        /// No organization has the called number.
+        UnknownNumber => "unknown_number",
+        /// The request's signature or secret did not check (401).
+        AuthFailed => "auth_failed",
+    }
+}
+
+labels! {
+    /// What became of a proxied request: the upstream's status class, or why there was none.
+    ProxyOutcome {
+        Informational => "1xx",
+        Success => "2xx",
+        Redirection => "3xx",
+        ClientError => "4xx",
+        ServerError => "5xx",
+        /// Could not connect, or the connection failed before an answer (502).
+        Unavailable => "unavailable",
+        /// No answer within `proxy.timeout_ms` (504).
+        Timeout => "timeout",
+    }
+}
+
+impl ProxyOutcome {
+    /// The class of an upstream's status code.
+    pub fn of_status(code: u16) -> Self {
+        match code {
+            100..=199 => ProxyOutcome::Informational,
+            200..=299 => ProxyOutcome::Success,
+            300..=399 => ProxyOutcome::Redirection,
+            400..=499 => ProxyOutcome::ClientError,
+            _ => ProxyOutcome::ServerError,
+        }
+    }
+}
+
+labels! {
     /// Parts of sidecache that configuration turns on or off.
     Component {
         L1 => "l1",
@@ -361,6 +417,8 @@ labels! {
         Sessions => "sessions",
         Events => "events",
         RateLimits => "rate_limits",
+        Webhooks => "webhooks",
+        Proxy => "proxy",
     }
 }
 

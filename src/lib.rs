@@ -38,3 +38,5 @@ pub mod startup;
 pub mod store;
 /// Tracing subscriber set-up (text or JSON).
 pub mod telemetry;
+/// The voice platforms' call-start webhooks: parse, verify and render per platform.
+pub mod webhooks;

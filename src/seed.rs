@@ -21,7 +21,7 @@ async fn pool(settings: &Settings) -> anyhow::Result<PgPool> {
 const DEMO_SQL: &str = r#"
 WITH acme AS (
   INSERT INTO organizations (name, phone_number, timezone, settings)
-  VALUES ('Acme Dental', '+15550100001', 'America/New_York', '{"greeting_templates": {"sms": "Hi {first_name}, Acme Dental here."}}'::jsonb)
+  VALUES ('Acme Dental', '+15550100001', 'America/New_York', '{"greeting_templates": {"sms": "Hi {first_name}, Acme Dental here."}, "voice": {"elevenlabs": {"overrides": ["first_message", "language"], "language": "en", "dynamic_variable_defaults": {"plan": "none", "vip": false}}, "vapi": {"assistant_id": "asst-demo-acme"}, "retell": {"override_agent_id": "agent_demo_acme"}, "twilio": {"twiml": "<Response><Say>{greeting}</Say><Pause length=\"1\"/></Response>"}}}'::jsonb)
   RETURNING id
 ), bright AS (
   INSERT INTO organizations (name, phone_number, timezone, greeting_template)

@@ -133,6 +133,12 @@ impl Application {
         } else {
             None
         };
+        let w = &settings.webhooks;
+        let webhooks_on = w.elevenlabs.secret.is_set()
+            || w.vapi.secret.is_set()
+            || w.vapi.hmac_secret.is_set()
+            || w.retell.api_key.is_set()
+            || w.twilio.auth_token.is_set();
         for (component, on) in [
             (Component::L1, settings.cache.l1_enabled),
             (Component::Redis, settings.redis.enabled),
@@ -145,6 +151,8 @@ impl Application {
                 Component::RateLimits,
                 !settings.rate_limits.limits.is_empty(),
             ),
+            (Component::Webhooks, webhooks_on),
+            (Component::Proxy, !settings.proxy.upstream.is_empty()),
         ] {
             metrics.component(component, on);
         }
@@ -194,6 +202,7 @@ impl Application {
             sessions,
             events,
             rate_limits,
+            hooks: Arc::new(http::Hooks::new(settings.webhooks.clone())),
         }));
         let addr = settings.server.listen;
         let listener = TcpListener::bind(addr)

@@ -21,6 +21,7 @@ mod secret;
 mod server;
 mod state;
 mod typed;
+mod webhooks;
 
 use std::path::{Path, PathBuf};
 
@@ -38,6 +39,10 @@ pub use redis::RedisSettings;
 pub use secret::{redact_url, Secret, SecretUrl};
 pub use server::ServerSettings;
 pub use state::{EventsSettings, LimitSettings, OnRedisDown, RateLimitSettings, SessionsSettings};
+pub use webhooks::{
+    ElevenLabsSettings, ProxySettings, RetellSettings, TwilioSettings, VapiSettings,
+    WebhooksSettings,
+};
 
 /// A bad setting: one line naming the key and its source.
 #[derive(Debug, thiserror::Error)]
@@ -89,6 +94,8 @@ pub struct Settings {
     pub sessions: SessionsSettings,
     pub events: EventsSettings,
     pub rate_limits: RateLimitSettings,
+    pub webhooks: WebhooksSettings,
+    pub proxy: ProxySettings,
 }
 
 /// Values given on the command line (highest precedence). `None` = not given.
@@ -249,6 +256,8 @@ impl Settings {
         self.sessions.validate()?;
         self.events.validate()?;
         self.rate_limits.validate()?;
+        self.webhooks.validate()?;
+        self.proxy.validate()?;
         self.log.validate()
     }
 

@@ -15,6 +15,7 @@ mod ratelimits;
 mod report;
 mod request_id;
 mod sessions;
+mod webhooks;
 mod writes;
 
 use std::sync::Arc;
@@ -33,12 +34,14 @@ pub use front::{serve, Front};
 #[doc(hidden)]
 pub use lookups::respond;
 pub(crate) use request_id::{request_id, with_request_id};
+pub use webhooks::Hooks;
 
 use crate::answers::Answers;
 use crate::cache::Tiered;
 use crate::config::Secret;
 use crate::domain::PhoneParser;
 use crate::invalidation::{Bus, Invalidator, Listener};
+use crate::labels::Platform;
 use crate::lifecycle::Health;
 use crate::metrics::Metrics;
 use crate::sessions::{Events, RateLimiter, Sessions};
@@ -74,6 +77,8 @@ pub struct AppInner {
     pub events: Arc<Events>,
     /// Named rate limits.
     pub rate_limits: Arc<RateLimiter>,
+    /// The call-start webhooks' settings and recent answers.
+    pub hooks: Arc<Hooks>,
 }
 
 /// Cheaply cloneable handle to the shared state.
@@ -147,6 +152,29 @@ pub(crate) fn router(state: AppState, body_limit: usize) -> Router {
         .route("/metrics", get(ops::metrics))
         .route("/openapi.json", get(openapi::serve));
     let mut app = v1.merge(ops);
+    let hooks = &state.hooks;
+    for (platform, path, handler) in [
+        (
+            Platform::ElevenLabs,
+            "/v1/webhooks/elevenlabs",
+            post(webhooks::elevenlabs),
+        ),
+        (Platform::Vapi, "/v1/webhooks/vapi", post(webhooks::vapi)),
+        (
+            Platform::Retell,
+            "/v1/webhooks/retell",
+            post(webhooks::retell),
+        ),
+        (
+            Platform::Twilio,
+            "/v1/webhooks/twilio/voice",
+            post(webhooks::twilio),
+        ),
+    ] {
+        if hooks.mounted(platform) {
+            app = app.route(path, handler);
+        }
+    }
     if state.admin_token.is_set() {
         let protected = Router::new()
             .route("/admin/invalidate", post(admin::invalidate))

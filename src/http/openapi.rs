@@ -8,7 +8,8 @@ use axum::response::{IntoResponse, Response};
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use super::{admin, events, lookups, ops, ratelimits, sessions, writes, AppState};
+use super::{admin, events, lookups, ops, ratelimits, sessions, webhooks, writes, AppState};
+use crate::labels::Platform;
 
 #[derive(OpenApi)]
 #[openapi(
@@ -45,6 +46,10 @@ use super::{admin, events, lookups, ops, ratelimits, sessions, writes, AppState}
         events::post_topic,
         events::get_topic,
         ratelimits::check,
+        webhooks::elevenlabs,
+        webhooks::vapi,
+        webhooks::retell,
+        webhooks::twilio,
         ops::healthz,
         ops::readyz,
         ops::metrics,
@@ -60,6 +65,7 @@ use super::{admin, events, lookups, ops, ratelimits, sessions, writes, AppState}
         (name = "sessions", description = "Call sessions shared by handler instances (Redis; this instance's memory while it is away)"),
         (name = "events", description = "Event streams per session and topic, delivered over Server-Sent Events on every instance"),
         (name = "rate limits", description = "Named limits, exact across the fleet (GCRA)"),
+        (name = "webhooks", description = "The voice platforms' call-start webhooks, each mounted only when its secret is set"),
         (name = "operations", description = "Health, readiness, metrics"),
         (name = "admin", description = "Mounted only when admin.token is set; bearer token"),
     )
@@ -79,21 +85,30 @@ impl Modify for AdminToken {
     }
 }
 
-/// The document as this instance serves it (admin routes only when mounted).
-pub fn document(admin_mounted: bool) -> utoipa::openapi::OpenApi {
+/// The document as this instance serves it: admin routes only when mounted, and the webhooks
+/// of the platforms `mounted` says are.
+pub fn document(
+    admin_mounted: bool,
+    mounted: impl Fn(Platform) -> bool,
+) -> utoipa::openapi::OpenApi {
     let mut doc = ApiDoc::openapi();
     if !admin_mounted {
         doc.paths
             .paths
             .retain(|path, _| !path.starts_with("/admin"));
     }
+    doc.paths.paths.retain(|path, _| {
+        Platform::ALL
+            .iter()
+            .all(|p| mounted(*p) || !path.starts_with(&format!("/v1/webhooks/{}", p.as_str())))
+    });
     doc
 }
 
 /// Built on each request: it is asked for rarely, and a process-wide copy would be wrong for a
 /// second instance in the same process (tests) with the other admin setting.
 pub(super) async fn serve(State(state): State<AppState>) -> Response {
-    let body = document(state.admin_token.is_set())
+    let body = document(state.admin_token.is_set(), |p| state.hooks.mounted(p))
         .to_json()
         .unwrap_or_default();
     ([(header::CONTENT_TYPE, "application/json")], body).into_response()

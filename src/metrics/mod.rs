@@ -3,12 +3,14 @@
 //! start (at zero) and is resolved once, so counting on a hot path does no label hashing. Call
 //! sites use the typed methods below, never a label string.
 
+mod edge;
 mod help;
 mod snapshot;
 mod state;
 
 use help::*;
 
+pub use edge::EdgeMetrics;
 pub use snapshot::{hit_ratio, l1_hit_ratio, quantile, ratio, Counts, Lag, Rates, Snapshot};
 pub use state::StateMetrics;
 
@@ -88,6 +90,8 @@ pub struct Metrics {
     lease_waits: Vec<IntCounter>,
     /// Sessions, events and rate limits.
     pub state: StateMetrics,
+    /// Webhooks and the proxy.
+    pub edge: EdgeMetrics,
 }
 
 /// Builds families and registers them, panicking only on a programming error in a definition.
@@ -386,8 +390,10 @@ impl Metrics {
             LeaseOutcome::as_str,
         );
         let state = StateMetrics::new(&b);
+        let edge = EdgeMetrics::new(&b);
         Arc::new(Metrics {
             state,
+            edge,
             registry: b.0,
             http_requests,
             http_duration,

@@ -24,4 +24,5 @@ mod relay;
 mod resilience;
 mod sessions;
 mod spawn;
+mod webhooks;
 mod writes;

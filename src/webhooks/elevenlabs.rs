@@ -1,0 +1,92 @@
+//! ElevenLabs' conversation initiation client data webhook (Twilio and SIP calls): the request
+//! names the caller and the called number; the answer must carry `type`, every variable the agent
+//! defines, and overrides only for the fields the agent has enabled, or the call fails.
+
+use serde_json::{json, Map, Value};
+
+use super::{json_object, required, sign, str_field, CallStart, Known, Refusal, Rendered};
+
+/// The overrides an agent may enable, by their names in `settings.voice.elevenlabs.overrides`.
+const OVERRIDES: [&str; 4] = ["first_message", "language", "prompt", "voice_id"];
+
+/// The adapter: parse, verify, render.
+pub struct ElevenLabs;
+
+impl ElevenLabs {
+    /// `{caller_id, agent_id, called_number, call_sid}`.
+    pub fn parse(body: &[u8]) -> Result<CallStart, Refusal> {
+        let v = json_object(body)?;
+        Ok(CallStart {
+            caller: required(&v, "", "caller_id")?.to_owned(),
+            callee: required(&v, "", "called_number")?.to_owned(),
+            call_id: str_field(&v, "call_sid").map(str::to_owned),
+            agent_id: str_field(&v, "agent_id").map(str::to_owned),
+        })
+    }
+
+    /// The configured header carries the configured secret.
+    pub fn verify(presented: Option<&[u8]>, secret: &str) -> bool {
+        presented.is_some_and(|p| sign::same(p, secret.as_bytes()))
+    }
+
+    /// `{"type": "conversation_initiation_client_data", "dynamic_variables", "conversation_config_override"?}`.
+    pub fn render(known: &Known) -> Rendered {
+        let el = &known.voice.elevenlabs;
+        // Defaults first, so every variable the agent defines has a value; what is known wins.
+        let mut vars = Map::new();
+        for (k, v) in el.dynamic_variable_defaults.iter().chain(&known.variables) {
+            // `system__` variables are ElevenLabs' own and may not be set.
+            if !k.starts_with("system__") {
+                vars.insert(k.clone(), variable(v));
+            }
+        }
+        let enabled = |name: &str| el.overrides.iter().any(|o| o == name);
+        let mut agent = Map::new();
+        let mut tts = Map::new();
+        for name in OVERRIDES.into_iter().filter(|n| enabled(n)) {
+            match name {
+                "first_message" => {
+                    agent.insert(name.into(), known.greeting.clone().into());
+                }
+                "language" => {
+                    if let Some(l) = &el.language {
+                        agent.insert(name.into(), l.clone().into());
+                    }
+                }
+                "prompt" => {
+                    if let Some(p) = &el.prompt {
+                        agent.insert(name.into(), json!({ "prompt": p }));
+                    }
+                }
+                _ => {
+                    if let Some(v) = &el.voice_id {
+                        tts.insert(name.into(), v.clone().into());
+                    }
+                }
+            }
+        }
+        let mut answer = json!({
+            "type": "conversation_initiation_client_data",
+            "dynamic_variables": vars,
+        });
+        let mut config = Map::new();
+        if !agent.is_empty() {
+            config.insert("agent".into(), agent.into());
+        }
+        if !tts.is_empty() {
+            config.insert("tts".into(), tts.into());
+        }
+        if !config.is_empty() {
+            answer["conversation_config_override"] = config.into();
+        }
+        Rendered::json(&answer)
+    }
+}
+
+/// ElevenLabs takes strings, numbers, booleans and null; anything else goes as its JSON text.
+fn variable(v: &Value) -> Value {
+    match v {
+        Value::Array(_) | Value::Object(_) => Value::String(v.to_string()),
+        other => other.clone(),
+    }
+}
