@@ -203,6 +203,7 @@ impl Application {
             events,
             rate_limits,
             hooks: Arc::new(http::Hooks::new(settings.webhooks.clone())),
+            proxy: http::Proxy::new(&settings.proxy).map(Arc::new),
         }));
         let addr = settings.server.listen;
         let listener = TcpListener::bind(addr)

@@ -12,6 +12,7 @@
 
 use std::borrow::Cow;
 use std::convert::Infallible;
+use std::net::SocketAddr;
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -32,8 +33,8 @@ use super::error::payload_too_large;
 use super::extract::{Conditions, QueryPairs};
 use super::middleware::{overloaded, panicked, InFlight};
 use super::request_id::{RequestIds, REQUEST_ID};
-use super::AppState;
 use super::{lookups, ratelimits};
+use super::{AppState, Peer};
 use crate::labels::LookupRoute;
 
 const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
@@ -61,18 +62,22 @@ impl Front {
         }))
     }
 
-    /// Answers one request (never fails: every error is an answer).
-    pub async fn handle(self, req: Request<Incoming>) -> Result<Response, Infallible> {
+    /// Answers one request from `peer` (never fails: every error is an answer).
+    pub async fn handle(
+        self,
+        req: Request<Incoming>,
+        peer: SocketAddr,
+    ) -> Result<Response, Infallible> {
         let id = match req.headers().get(X_REQUEST_ID) {
             Some(id) => id.clone(),
             None => self.0.ids.next(),
         };
-        let mut res = REQUEST_ID.scope(id.clone(), self.dispatch(req)).await;
+        let mut res = REQUEST_ID.scope(id.clone(), self.dispatch(req, peer)).await;
         res.headers_mut().insert(X_REQUEST_ID, id);
         Ok(res)
     }
 
-    async fn dispatch(&self, req: Request<Incoming>) -> Response {
+    async fn dispatch(&self, mut req: Request<Incoming>, peer: SocketAddr) -> Response {
         if req.method() == Method::GET {
             if let Some((route, raw)) = hot_route(req.uri().path()) {
                 if let Some(param) = decode_segment(raw) {
@@ -86,6 +91,10 @@ impl Front {
                     return self.rate_limit(&name, req).await;
                 }
             }
+        }
+        if self.0.state.proxy.is_some() {
+            // For the upstream's `X-Forwarded-For` (only then: an extension costs an allocation).
+            req.extensions_mut().insert(Peer(peer));
         }
         match self.0.router.clone().oneshot(req).await {
             Ok(res) => res,
@@ -198,8 +207,8 @@ pub async fn serve(
             accepted = listener.accept() => accepted,
             () = &mut stop => break,
         };
-        let stream = match accepted {
-            Ok((stream, _)) => stream,
+        let (stream, peer) = match accepted {
+            Ok(accepted) => accepted,
             // The peer gave up before we took it: nothing to do.
             Err(e) if is_connection_error(&e) => continue,
             // Out of file descriptors and the like: wait rather than spin.
@@ -214,7 +223,7 @@ pub async fn serve(
         // Answers go out in one write; do not hold them back for the next one.
         let _ = stream.set_nodelay(true);
         let front = front.clone();
-        let service = service_fn(move |req| front.clone().handle(req));
+        let service = service_fn(move |req| front.clone().handle(req, peer));
         let conn = graceful.watch(http.serve_connection(TokioIo::new(stream), service));
         tokio::spawn(async move {
             // A client that goes away mid-answer is not an error of ours.

@@ -11,6 +11,7 @@ mod middleware;
 /// The OpenAPI document (`/openapi.json`).
 pub mod openapi;
 mod ops;
+mod proxy;
 mod ratelimits;
 mod report;
 mod request_id;
@@ -33,6 +34,7 @@ pub use front::{serve, Front};
 /// The answer for one cached lookup (exposed for the micro-benchmarks).
 #[doc(hidden)]
 pub use lookups::respond;
+pub use proxy::{Peer, Proxy};
 pub(crate) use request_id::{request_id, with_request_id};
 pub use webhooks::Hooks;
 
@@ -79,6 +81,8 @@ pub struct AppInner {
     pub rate_limits: Arc<RateLimiter>,
     /// The call-start webhooks' settings and recent answers.
     pub hooks: Arc<Hooks>,
+    /// The handler app every request sidecache does not answer goes to (`proxy.upstream`).
+    pub proxy: Option<Arc<Proxy>>,
 }
 
 /// Cheaply cloneable handle to the shared state.
@@ -193,8 +197,12 @@ pub(crate) fn router(state: AppState, body_limit: usize) -> Router {
                 get(|| async { axum::response::Redirect::permanent("/admin/") }),
             );
     }
-    app.fallback(not_found)
-        .method_not_allowed_fallback(method_not_allowed)
+    let app = if state.proxy.is_some() {
+        app.fallback(pass_through)
+    } else {
+        app.fallback(not_found)
+    };
+    app.method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(body_limit))
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
@@ -205,6 +213,17 @@ pub(crate) fn router(state: AppState, body_limit: usize) -> Router {
             |_: Box<dyn std::any::Any + Send>| middleware::panicked(),
         ))
         .with_state(state)
+}
+
+/// Any request no route answers, with `proxy.upstream` set: the handler app's.
+async fn pass_through(
+    axum::extract::State(state): axum::extract::State<AppState>,
+    req: axum::extract::Request,
+) -> axum::response::Response {
+    match &state.proxy {
+        Some(proxy) => proxy.forward(&state.metrics, req).await,
+        None => axum::response::IntoResponse::into_response(not_found().await),
+    }
 }
 
 async fn not_found() -> ApiError {

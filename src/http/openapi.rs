@@ -15,7 +15,7 @@ use crate::labels::Platform;
 #[openapi(
     info(
         title = "sidecache",
-        description = "A caching sidecar for voice-agent platforms: read-through lookups (process memory, Redis, Postgres) that stay fresh. Every lookup answer carries `x-cache` and `age`; errors are `{\"error\": {\"code\", \"message\"}}`.",
+        description = "A caching sidecar for voice-agent platforms: read-through lookups (process memory, Redis, Postgres) that stay fresh. Every lookup answer carries `x-cache` and `age`; errors are `{\"error\": {\"code\", \"message\"}}`. With `proxy.upstream` set, every request no route here answers is passed to the handler app unchanged (502 `upstream_unavailable`, 504 `upstream_timeout` when it cannot answer); without it, unknown routes are 404 JSON.",
         license(name = "MIT OR Apache-2.0")
     ),
     paths(

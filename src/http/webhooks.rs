@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::State;
+use axum::http::request::Parts;
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use serde_json::{Map, Value};
@@ -103,13 +104,22 @@ fn rendered(r: Rendered) -> Response {
     res
 }
 
-/// Answers one call start: the remembered answer to a retry, else resolve and render it, and
-/// open its session in the background. `key` identifies the call start across retries;
-/// `session` is the call's session id (minted by `render`'s caller when the platform has none).
+/// The webhook request as the platform sent it (mirrored or forwarded to the upstream as is).
+struct Original {
+    parts: Parts,
+    body: Bytes,
+}
+
+/// Answers one call start: the remembered answer to a retry, else resolve and render it, open
+/// its session and mirror it to the upstream in the background. `key` identifies the call start
+/// across retries; `session` is the call's session id (minted by `render`'s caller when the
+/// platform has none).
+#[allow(clippy::too_many_arguments)]
 async fn call_start(
     state: &AppState,
     platform: Platform,
     started: Instant,
+    original: Original,
     call: CallStart,
     key: String,
     session: Option<String>,
@@ -133,6 +143,9 @@ async fn call_start(
     let r = render(&known, session.as_deref());
     let outcome = known.outcome;
     hooks.recent.insert(key, (r.clone(), outcome)).await;
+    if let Some(proxy) = &state.proxy {
+        proxy.mirror(&state.metrics, &original.parts, original.body);
+    }
     if outcome != WebhookOutcome::UnknownNumber {
         if let Some(id) = session.and_then(|s| s.parse::<SessionId>().ok()) {
             let state = state.clone();
@@ -200,13 +213,14 @@ async fn open_session(
     ))]
 pub(super) async fn elevenlabs(
     State(state): State<AppState>,
-    headers: HeaderMap,
+    parts: Parts,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
     let started = Instant::now();
     let Ok(body) = body else {
         return payload_too_large().into_response();
     };
+    let headers = &parts.headers;
     let cfg = &state.hooks.settings.elevenlabs;
     let presented = headers.get(cfg.header.as_str()).map(HeaderValue::as_bytes);
     if !ElevenLabs::verify(presented, cfg.secret.expose()) {
@@ -227,6 +241,7 @@ pub(super) async fn elevenlabs(
         &state,
         Platform::ElevenLabs,
         started,
+        Original { parts, body },
         call,
         key,
         session,
@@ -248,21 +263,22 @@ pub(super) async fn elevenlabs(
     ))]
 pub(super) async fn vapi(
     State(state): State<AppState>,
-    headers: HeaderMap,
+    parts: Parts,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
     let started = Instant::now();
     let Ok(body) = body else {
         return payload_too_large().into_response();
     };
+    let headers = &parts.headers;
     let cfg = &state.hooks.settings.vapi;
     let auth = VapiAuth {
         secret_header: headers.get("x-vapi-secret").map(HeaderValue::as_bytes),
-        bearer: header_str(&headers, "authorization")
+        bearer: header_str(headers, "authorization")
             .and_then(|v| v.strip_prefix("Bearer "))
             .map(|v| v.trim().as_bytes()),
-        signature: header_str(&headers, "x-signature"),
-        timestamp: header_str(&headers, "x-timestamp"),
+        signature: header_str(headers, "x-signature"),
+        timestamp: header_str(headers, "x-timestamp"),
         secret: cfg.secret.expose(),
         hmac_secret: cfg.hmac_secret.expose(),
     };
@@ -276,7 +292,7 @@ pub(super) async fn vapi(
     }
     let call = match Vapi::parse(&body) {
         Ok(VapiMessage::CallStart(c)) => c,
-        Ok(VapiMessage::Other(_)) => return not_a_call_start(),
+        Ok(VapiMessage::Other(_)) => return not_a_call_start(&state, parts, body).await,
         Err(r) => return refusal(r),
     };
     let key = format!("vapi:{}", retry_identity(&call));
@@ -289,6 +305,7 @@ pub(super) async fn vapi(
         &state,
         Platform::Vapi,
         started,
+        Original { parts, body },
         call,
         key,
         session,
@@ -310,15 +327,16 @@ pub(super) async fn vapi(
     ))]
 pub(super) async fn retell(
     State(state): State<AppState>,
-    headers: HeaderMap,
+    parts: Parts,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
     let started = Instant::now();
     let Ok(body) = body else {
         return payload_too_large().into_response();
     };
+    let headers = &parts.headers;
     let key_cfg = state.hooks.settings.retell.api_key.expose();
-    let signature = header_str(&headers, "x-retell-signature");
+    let signature = header_str(headers, "x-retell-signature");
     if let Err(why) = Retell::verify(signature, &body, key_cfg, now_ms()) {
         let why = match why {
             crate::webhooks::RetellRefusal::Missing => "missing x-retell-signature",
@@ -329,7 +347,7 @@ pub(super) async fn retell(
     }
     let call = match Retell::parse(&body) {
         Ok(Ok(c)) => c,
-        Ok(Err(_other_event)) => return not_a_call_start(),
+        Ok(Err(_other_event)) => return not_a_call_start(&state, parts, body).await,
         Err(r) => return refusal(r),
     };
     // Retell has no call id before the call is answered: the session gets one of ours, handed
@@ -340,6 +358,7 @@ pub(super) async fn retell(
         &state,
         Platform::Retell,
         started,
+        Original { parts, body },
         call,
         key,
         session,
@@ -361,18 +380,18 @@ pub(super) async fn retell(
     ))]
 pub(super) async fn twilio(
     State(state): State<AppState>,
-    uri: axum::extract::OriginalUri,
-    headers: HeaderMap,
+    parts: Parts,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
     let started = Instant::now();
     let Ok(body) = body else {
         return payload_too_large().into_response();
     };
+    let headers = &parts.headers;
     let cfg = &state.hooks.settings.twilio;
     let params = Twilio::params(&body);
-    let url = signed_url(&cfg.public_url, &uri.0);
-    let signature = header_str(&headers, "x-twilio-signature");
+    let url = signed_url(&cfg.public_url, &parts.uri);
+    let signature = header_str(headers, "x-twilio-signature");
     if !Twilio::verify(signature, &url, &params, cfg.auth_token.expose()) {
         let why = if signature.is_some() {
             "wrong signature"
@@ -392,6 +411,7 @@ pub(super) async fn twilio(
         &state,
         Platform::Twilio,
         started,
+        Original { parts, body },
         call,
         key,
         session,
@@ -420,8 +440,13 @@ fn retry_identity(call: &CallStart) -> String {
     }
 }
 
-/// A platform message that is not a call start, with no upstream to hand it to: acknowledged.
-fn not_a_call_start() -> Response {
+/// A platform message that is not a call start: the upstream's to answer, or acknowledged when
+/// there is none.
+async fn not_a_call_start(state: &AppState, parts: Parts, body: Bytes) -> Response {
+    if let Some(proxy) = &state.proxy {
+        let req = axum::http::Request::from_parts(parts, axum::body::Body::from(body));
+        return proxy.forward(&state.metrics, req).await;
+    }
     let mut res = Response::new(axum::body::Body::from("{}"));
     res.headers_mut().insert(
         header::CONTENT_TYPE,
