@@ -29,6 +29,10 @@
 //!   prepared, 64 clients;
 //! - a mixed Zipf workload over every kind with 2 % writes, closed-loop and open-loop (hit ratio
 //!   per tier and p50/p99 per route from sidecache's own metrics);
+//! - call-start webhooks per platform, every part in L1, each request a distinct call start:
+//!   against call initiation on the same instance (`edge`);
+//! - the proxy pass-through: against the same upstream (bare hyper) reached directly and
+//!   through nginx as a reverse proxy at its best, closed-loop and at one open-loop rate;
 //! - instructions per request (`scripts/instructions`, callgrind): an L1 hit against bare hyper;
 //! - memory: RSS after warming 100,000 and 1,000,000 L1 entries.
 //!
@@ -36,7 +40,7 @@
 //! issue 12 (figure, baseline, ratio, target, met or MISSED), and writes the same to
 //! `target/bench/load.json`. Environment: WINDOW (seconds per measured window, default 10),
 //! WARMUP (default 3), SCENARIOS (a comma-separated subset of l1, spread, initiation, l2, miss,
-//! mixed, instructions, memory; default all), MEMORY=0 and INSTRUCTIONS=0 to skip those steps,
+//! mixed, webhooks, proxy, instructions, memory; default all), MEMORY=0 and INSTRUCTIONS=0 to skip those steps,
 //! OPEN_LOAD (the open-loop rate as a share of the closed-loop maximum, default 0.5),
 //! SIDECACHE_TEST_DATABASE_URL for another Postgres.
 //!
@@ -51,6 +55,8 @@
 mod baselines;
 #[path = "load/dataset.rs"]
 mod dataset;
+#[path = "load/edge.rs"]
+mod edge;
 #[path = "load/nginx.rs"]
 mod nginx;
 #[path = "load/open_loop.rs"]
@@ -94,7 +100,7 @@ fn open_load() -> f64 {
         .unwrap_or(0.5)
 }
 
-/// SCENARIOS=l1,spread,initiation,l2,miss,mixed,instructions,memory picks some (default: all;
+/// SCENARIOS=l1,spread,initiation,l2,miss,mixed,webhooks,proxy,instructions,memory picks some (default: all;
 /// MEMORY=0 and INSTRUCTIONS=0 leave those out).
 fn wanted(name: &str) -> bool {
     match std::env::var("SCENARIOS") {
@@ -156,6 +162,12 @@ async fn run() {
     }
     if wanted("mixed") {
         scenarios::mixed(&db_url, &data, &mut report).await;
+    }
+    if wanted("webhooks") {
+        edge::webhooks(&db_url, &data, &mut report).await;
+    }
+    if wanted("proxy") {
+        edge::proxy(&db_url, &data, &mut report).await;
     }
     if wanted("instructions") {
         scenarios::instructions(&mut report);

@@ -134,6 +134,9 @@ pub(crate) enum Serve<'a> {
     /// These bodies from memory, each at its path: `return 200 '<body>'` for one, a `map` from
     /// `$uri` to the body and `return 200 $body` for many.
     Memory(&'a [(String, &'a [u8])]),
+    /// A reverse proxy to the server on this port, with a pool of idle upstream connections,
+    /// the forwarding headers sidecache sets, and response buffering on or off.
+    Proxy { port: u16, buffering: bool },
 }
 
 /// The hard limit of open files this process (and so nginx) may have: `open_file_cache` must
@@ -194,6 +197,17 @@ pub(crate) fn start(
             map.push_str("  }");
             (map, "location / { return 200 $body; }".to_owned())
         }
+        Serve::Proxy { port, buffering } => (
+            format!("upstream app {{ server 127.0.0.1:{port}; keepalive 64; keepalive_requests 100000000; }}"),
+            format!(
+                "location / {{ proxy_pass http://app; proxy_http_version 1.1; \
+                 proxy_set_header Connection \"\"; proxy_set_header Host $http_host; \
+                 proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for; \
+                 proxy_set_header X-Forwarded-Proto $scheme; \
+                 proxy_set_header X-Forwarded-Host $http_host; proxy_buffering {}; }}",
+                on(buffering)
+            ),
+        ),
     };
     let conf = format!(
         "user root; worker_processes 1; master_process {master}; daemon off; pid {d}/nginx.pid; error_log {d}/error.log;

@@ -22,7 +22,7 @@ use crate::tools::rss_bytes;
 use crate::wrk::{measure, wrk, Run};
 use crate::{env_u64, open_load, prom, wanted, CONNECTIONS, REDIS_PORT};
 
-fn addr(url: &str) -> SocketAddr {
+pub(crate) fn addr(url: &str) -> SocketAddr {
     let host = url.trim_start_matches("http://");
     host.split('/').next().unwrap().parse().unwrap()
 }
@@ -44,7 +44,7 @@ fn open_at_half(url: &str, max: &Run, requests: Arc<dyn Requests>) -> OpenRun {
     run
 }
 
-fn show(name: &str, run: &Run) {
+pub(crate) fn show(name: &str, run: &Run) {
     println!(
         "  {name}: {} req/s, p50 {:.2} p99 {:.2} ms{}",
         thousands(run.rps),

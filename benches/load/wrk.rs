@@ -41,6 +41,11 @@ pub(crate) fn write_script(name: &str, body: &str) -> PathBuf {
 }
 
 pub(crate) fn wrk(url: &str, script: &Path, seconds: u64) -> Run {
+    wrk_with(url, script, seconds, &[])
+}
+
+/// As [`wrk`], with `args` for the script's `init` (after `--`).
+pub(crate) fn wrk_with(url: &str, script: &Path, seconds: u64, args: &[String]) -> Run {
     let out = pinned(CLIENT_CORE, "wrk")
         .args([
             "-t2",
@@ -52,6 +57,8 @@ pub(crate) fn wrk(url: &str, script: &Path, seconds: u64) -> Run {
         ])
         .arg(script)
         .arg(url)
+        .arg("--")
+        .args(args)
         .output()
         .expect("wrk runs");
     let text = String::from_utf8_lossy(&out.stdout);

@@ -25,7 +25,6 @@ use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
-use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 use tower::ServiceExt as _;
 
@@ -193,13 +192,19 @@ fn rate_limit_route(path: &str) -> Option<&str> {
 
 /// Serves HTTP/1.1 on `listener` until `stop` completes, then stops accepting, lets every
 /// connection finish the request it is on (idle keep-alive connections are closed) and returns
-/// when the last one is done.
+/// when the last one is done. Connections may be upgraded (a proxied WebSocket); an upgraded
+/// one is the proxy's from then on and is not waited for.
+///
+/// The graceful part is written out rather than hyper-util's `GracefulShutdown`, which does not
+/// take an upgradeable connection: each connection holds a clone of `open` and watches
+/// `closing`; the last clone dropped tells the loop every connection is done.
 pub async fn serve(
     listener: TcpListener,
     front: Front,
     stop: impl std::future::Future<Output = ()>,
 ) -> std::io::Result<()> {
-    let graceful = GracefulShutdown::new();
+    let (closing, closing_rx) = tokio::sync::watch::channel(false);
+    let (open, mut all_done) = tokio::sync::mpsc::channel::<()>(1);
     let http = http1::Builder::new();
     let mut stop = std::pin::pin!(stop);
     loop {
@@ -224,14 +229,26 @@ pub async fn serve(
         let _ = stream.set_nodelay(true);
         let front = front.clone();
         let service = service_fn(move |req| front.clone().handle(req, peer));
-        let conn = graceful.watch(http.serve_connection(TokioIo::new(stream), service));
+        let conn = http
+            .serve_connection(TokioIo::new(stream), service)
+            .with_upgrades();
+        let (open, mut closing) = (open.clone(), closing_rx.clone());
         tokio::spawn(async move {
+            let _open = open;
+            let mut conn = std::pin::pin!(conn);
             // A client that goes away mid-answer is not an error of ours.
+            tokio::select! {
+                _ = conn.as_mut() => return,
+                _ = closing.wait_for(|c| *c) => conn.as_mut().graceful_shutdown(),
+            }
             let _ = conn.await;
         });
     }
     drop(listener);
-    graceful.shutdown().await;
+    let _ = closing.send(true);
+    drop(open);
+    // Every connection's clone of `open` dropped: none is left.
+    let _ = all_done.recv().await;
     Ok(())
 }
 

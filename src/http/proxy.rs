@@ -5,6 +5,10 @@
 //! stream both ways: nothing is buffered, so a large upload or an SSE stream from the app passes
 //! through as it is produced, and a client that hangs up drops the upstream exchange with it.
 //!
+//! An upgrade (a WebSocket: Twilio media streams, Retell's custom LLM socket) goes through too:
+//! the `Upgrade` request is forwarded with its `Upgrade`/`Connection` headers, and when the app
+//! answers 101 the two connections are joined byte for byte until either side closes.
+//!
 //! Only the answer's head is timed (`proxy.timeout_ms`, else 504 `upstream_timeout`); a body may
 //! stream for as long as both ends keep it open. No connection, or one that fails before an
 //! answer, is 502 `upstream_unavailable`. sidecache's own body limit and load shedding do not
@@ -20,7 +24,7 @@ use axum::http::{Request, StatusCode, Uri, Version};
 use axum::response::{IntoResponse, Response};
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
+use hyper_util::rt::{TokioExecutor, TokioIo};
 
 use super::ApiError;
 use crate::config::ProxySettings;
@@ -84,10 +88,22 @@ impl Proxy {
 
     /// Forwards one request and returns the upstream's answer (its body streaming), or the 502 /
     /// 504 JSON error; counted and timed by outcome.
-    pub async fn forward(&self, metrics: &Metrics, req: Request<Body>) -> Response {
+    pub async fn forward(&self, metrics: &Metrics, mut req: Request<Body>) -> Response {
         let started = Instant::now();
+        let upgrade = upgrade_asked(req.headers()).map(|protocol| {
+            let client = hyper::upgrade::on(&mut req);
+            (protocol, client)
+        });
         let (outcome, res) = match self.prepare(req) {
-            Ok(req) => self.exchange(req).await,
+            Ok(mut req) => {
+                let client = upgrade.map(|(protocol, client)| {
+                    let h = req.headers_mut();
+                    h.insert(header::UPGRADE, protocol);
+                    h.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+                    client
+                });
+                self.exchange(req, client).await
+            }
             Err(e) => (ProxyOutcome::Unavailable, e.into_response()),
         };
         metrics.edge.proxied(outcome);
@@ -98,8 +114,26 @@ impl Proxy {
         res
     }
 
-    async fn exchange(&self, req: Request<Body>) -> (ProxyOutcome, Response) {
+    async fn exchange(
+        &self,
+        req: Request<Body>,
+        upgrade: Option<hyper::upgrade::OnUpgrade>,
+    ) -> (ProxyOutcome, Response) {
         match tokio::time::timeout(self.timeout, self.client.request(req)).await {
+            Ok(Ok(mut res)) if res.status() == StatusCode::SWITCHING_PROTOCOLS => {
+                let Some(client) = upgrade else {
+                    tracing::warn!(upstream = %self.authority, "the upstream switched protocols unasked");
+                    return (ProxyOutcome::Unavailable, unavailable());
+                };
+                let upstream = hyper::upgrade::on(&mut res);
+                tokio::spawn(tunnel(client, upstream));
+                // The 101 as the app sent it, `Upgrade` and `Connection` included.
+                let (parts, _) = res.into_parts();
+                (
+                    ProxyOutcome::Informational,
+                    Response::from_parts(parts, Body::empty()),
+                )
+            }
             Ok(Ok(res)) => {
                 let outcome = ProxyOutcome::of_status(res.status().as_u16());
                 let (mut parts, body) = res.into_parts();
@@ -181,6 +215,28 @@ impl Proxy {
             metrics.edge.mirrored(taken);
         });
     }
+}
+
+/// The protocol a request asks to switch to (`Connection: upgrade` and `Upgrade: <protocol>`).
+fn upgrade_asked(headers: &HeaderMap) -> Option<HeaderValue> {
+    let asked = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| t.trim().eq_ignore_ascii_case("upgrade"));
+    asked
+        .then(|| headers.get(header::UPGRADE).cloned())
+        .flatten()
+}
+
+/// Joins an upgraded client connection to the upgraded upstream one until either side closes.
+async fn tunnel(client: hyper::upgrade::OnUpgrade, upstream: hyper::upgrade::OnUpgrade) {
+    let (Ok(client), Ok(upstream)) = tokio::join!(client, upstream) else {
+        return;
+    };
+    let (mut client, mut upstream) = (TokioIo::new(client), TokioIo::new(upstream));
+    let _ = tokio::io::copy_bidirectional(&mut client, &mut upstream).await;
 }
 
 /// Drops the hop-by-hop headers and those the `Connection` header names.

@@ -148,8 +148,16 @@ async fn call_start(
     }
     if outcome != WebhookOutcome::UnknownNumber {
         if let Some(id) = session.and_then(|s| s.parse::<SessionId>().ok()) {
+            // Opened before the answer goes, so the app finds the session when the call
+            // reaches it — but never past the deadline: then it finishes in the background.
+            // Waiting for it is also what bounds the work call starts leave behind.
             let state = state.clone();
-            tokio::spawn(async move { open_session(&state, platform, &call, &known, &id).await });
+            let opening =
+                tokio::spawn(
+                    async move { open_session(&state, platform, &call, &known, &id).await },
+                );
+            let left = hooks.settings.deadline.saturating_sub(started.elapsed());
+            let _ = tokio::time::timeout(left, opening).await;
         }
     }
     state
@@ -159,8 +167,9 @@ async fn call_start(
     rendered(r)
 }
 
-/// Opens (or, for a call start seen by another instance, completes) the call's session:
-/// merged into what is there, so a handler's own fields written meanwhile stay.
+/// Opens (or, for a call start seen by another instance, completes) the call's session: created
+/// if there is none (one round trip, the usual case), else merged into what is there, so a
+/// handler's own fields written meanwhile stay.
 async fn open_session(
     state: &AppState,
     platform: Platform,
@@ -181,19 +190,24 @@ async fn open_session(
     put("lead_id", known.lead_id.map(|l| l.to_string()));
     put("outcome", Some(known.outcome.as_str().to_owned()));
     let sessions = &state.sessions;
-    let result = match sessions.patch(id, &data, None, None).await {
-        Err(crate::sessions::SessionError::NotFound) => {
-            match sessions.put(id, &data, None, None).await {
-                Ok(a) => {
-                    if a.created {
-                        state.events.session_created(id).await;
-                    }
-                    Ok(())
-                }
-                Err(e) => Err(e),
+    let result = match sessions.put(id, &data, None, Some(0)).await {
+        Ok(a) => {
+            if a.created {
+                state.events.session_created(id).await;
             }
+            Ok(())
         }
-        other => other.map(|_| ()),
+        Err(crate::sessions::SessionError::VersionMismatch { .. }) => {
+            sessions.patch(id, &data, None, None).await.map(|_| ())
+        }
+        // Redis away: a conditional write is refused; the unconditional ones keep the session
+        // in memory until it is back.
+        Err(_) => match sessions.patch(id, &data, None, None).await {
+            Err(crate::sessions::SessionError::NotFound) => {
+                sessions.put(id, &data, None, None).await.map(|_| ())
+            }
+            other => other.map(|_| ()),
+        },
     };
     if let Err(e) = result {
         tracing::warn!(session = id.as_str(), error = %e, "the call's session could not be opened");

@@ -307,6 +307,53 @@ async fn sse_passes_through_and_a_client_hanging_up_leaves_nothing_behind() {
     );
 }
 
+#[tokio::test]
+async fn an_upgrade_is_tunnelled_to_the_upstream_until_the_client_closes() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let upstream = Upstream::start().await;
+    let app = proxied(&upstream, |_| {}).await;
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", app.port))
+        .await
+        .unwrap();
+    s.write_all(
+        b"GET /upgrade HTTP/1.1\r\nHost: voice.example.com\r\nConnection: Upgrade\r\nUpgrade: echo-test\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let mut head = Vec::new();
+    while !head.ends_with(b"\r\n\r\n") {
+        let mut b = [0u8; 1];
+        assert_eq!(s.read(&mut b).await.unwrap(), 1, "the head arrives");
+        head.push(b[0]);
+    }
+    let head = String::from_utf8(head).unwrap().to_ascii_lowercase();
+    assert!(head.starts_with("http/1.1 101"), "{head}");
+    assert!(head.contains("upgrade: echo-test"), "{head}");
+    for msg in [&b"ping"[..], b"a longer message, twice over"] {
+        s.write_all(msg).await.unwrap();
+        let mut back = vec![0u8; msg.len()];
+        tokio::time::timeout(Duration::from_secs(5), s.read_exact(&mut back))
+            .await
+            .expect("the upstream's echo comes back through the tunnel")
+            .unwrap();
+        assert_eq!(back, msg);
+    }
+    let seen = upstream.seen_at("/upgrade");
+    assert!(
+        seen.is_empty(),
+        "the upgrade is not recorded as a plain request"
+    );
+    assert_eq!(upstream.open_tunnels(), 1);
+    drop(s);
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            upstream.open_tunnels() == 0
+        })
+        .await,
+        "the tunnel closes when the client does"
+    );
+}
+
 fn vapi_message(kind: &str) -> Value {
     json!({"message": {
         "type": kind,

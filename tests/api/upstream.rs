@@ -34,6 +34,8 @@ pub struct Shared {
     pub open_streams: AtomicUsize,
     /// Uploads the upstream is still reading.
     pub open_uploads: AtomicUsize,
+    /// Upgraded connections the upstream is still echoing on.
+    pub open_tunnels: AtomicUsize,
     /// Notified when an upload's first chunk arrives.
     pub upload_began: Notify,
     /// Lets `/held` send its second half.
@@ -89,6 +91,10 @@ impl Upstream {
     pub fn open_uploads(&self) -> usize {
         self.shared.open_uploads.load(Ordering::SeqCst)
     }
+
+    pub fn open_tunnels(&self) -> usize {
+        self.shared.open_tunnels.load(Ordering::SeqCst)
+    }
 }
 
 /// Counts down when the stream or upload holding it ends or is dropped.
@@ -110,6 +116,9 @@ impl Drop for Open {
 const CHUNK: usize = 64 * 1024;
 
 async fn answer(State(shared): State<Arc<Shared>>, req: Request) -> Response {
+    if req.uri().path() == "/upgrade" {
+        return upgrade(&shared, req);
+    }
     let (parts, body) = req.into_parts();
     let target = parts.uri.path_and_query().unwrap().as_str().to_owned();
     let path = parts.uri.path().to_owned();
@@ -193,6 +202,41 @@ async fn answer(State(shared): State<Arc<Shared>>, req: Request) -> Response {
             res
         }
     }
+}
+
+/// Switches to the protocol asked for and echoes every byte back until the client closes.
+fn upgrade(shared: &Arc<Shared>, mut req: Request) -> Response {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let Some(protocol) = req.headers().get("upgrade").cloned() else {
+        return Response::builder()
+            .status(StatusCode::BAD_REQUEST)
+            .body(Body::from("no upgrade asked"))
+            .unwrap();
+    };
+    let on = hyper::upgrade::on(&mut req);
+    let open = Open::new(shared, |s| &s.open_tunnels);
+    tokio::spawn(async move {
+        let _open = open;
+        let Ok(upgraded) = on.await else { return };
+        let mut io = hyper_util::rt::TokioIo::new(upgraded);
+        let mut buf = [0u8; 4096];
+        loop {
+            match io.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => {
+                    if io.write_all(&buf[..n]).await.is_err() {
+                        return;
+                    }
+                }
+            }
+        }
+    });
+    Response::builder()
+        .status(StatusCode::SWITCHING_PROTOCOLS)
+        .header("connection", "upgrade")
+        .header("upgrade", protocol)
+        .body(Body::empty())
+        .unwrap()
 }
 
 /// Reads an upload chunk by chunk; answers `{len, sha256}`.
