@@ -259,6 +259,8 @@ labels! {
         StreamAdd => "stream_add",
         StreamRead => "stream_read",
         RateLimit => "rate_limit",
+        /// Claiming a call start's answer for the retry window (webhooks).
+        CallStart => "call_start",
     }
 }
 

@@ -179,6 +179,9 @@ impl Application {
             settings.rate_limits.policy(),
             metrics.clone(),
         ));
+        let claims = remote
+            .as_ref()
+            .map(|r| crate::webhooks::Claims::new(r.redis().clone(), r.keys().clone()));
         let health = Arc::new(Health::default());
         let state = AppState(Arc::new(AppInner {
             answers: Answers::new(cache.clone(), store.clone()),
@@ -202,7 +205,7 @@ impl Application {
             sessions,
             events,
             rate_limits,
-            hooks: Arc::new(http::Hooks::new(settings.webhooks.clone())),
+            hooks: Arc::new(http::Hooks::new(settings.webhooks.clone(), claims)),
             proxy: http::Proxy::new(&settings.proxy).map(Arc::new),
         }));
         let addr = settings.server.listen;

@@ -275,18 +275,14 @@ pub(crate) async fn webhooks(db_url: &str, data: &Dataset, report: &mut Report) 
         .execute(&data.db)
         .await
         .unwrap();
-    let sc = start_sidecache(
-        db_url,
-        "bench-webhooks",
-        &[
-            ("SIDECACHE__WEBHOOKS__ELEVENLABS__SECRET", EL_SECRET),
-            ("SIDECACHE__WEBHOOKS__VAPI__SECRET", VAPI_SECRET),
-            ("SIDECACHE__WEBHOOKS__RETELL__API_KEY", RETELL_KEY),
-            ("SIDECACHE__WEBHOOKS__TWILIO__AUTH_TOKEN", TWILIO_TOKEN),
-            ("SIDECACHE__WEBHOOKS__TWILIO__PUBLIC_URL", PUBLIC_URL),
-        ],
-    )
-    .await;
+    let secrets = [
+        ("SIDECACHE__WEBHOOKS__ELEVENLABS__SECRET", EL_SECRET),
+        ("SIDECACHE__WEBHOOKS__VAPI__SECRET", VAPI_SECRET),
+        ("SIDECACHE__WEBHOOKS__RETELL__API_KEY", RETELL_KEY),
+        ("SIDECACHE__WEBHOOKS__TWILIO__AUTH_TOKEN", TWILIO_TOKEN),
+        ("SIDECACHE__WEBHOOKS__TWILIO__PUBLIC_URL", PUBLIC_URL),
+    ];
+    let sc = start_sidecache(db_url, "bench-webhooks", &secrets).await;
     let init_path = format!(
         "/v1/calls/initiation?caller={}&callee={}&channel=voice",
         enc(&one.phone),
@@ -397,9 +393,28 @@ pub(crate) async fn webhooks(db_url: &str, data: &Dataset, report: &mut Report) 
         );
         outcomes.insert(p.name().into(), by.into());
     }
+    drop(sc);
+
+    // What opening the session in Redis costs: the same call starts with Redis off (sessions in
+    // process memory), on an instance of their own.
+    let mut off = secrets.to_vec();
+    off.push(("REDIS_ENABLED", "false"));
+    let sc = start_sidecache(db_url, "bench-webhooks-off", &off).await;
+    let r = reqwest::get(format!("{}{init_path}", sc.base))
+        .await
+        .unwrap();
+    assert!(r.status().is_success());
+    let (no_redis, _) = measure_calls(&sc.base, Platform::ElevenLabs, one, "off");
+    show("elevenlabs call start, Redis off", &no_redis);
+    report.line(
+        "sidecache: elevenlabs call start, Redis off",
+        "redis.enabled = false: the session in process memory, not a Redis write",
+        Some(&no_redis),
+        None,
+    );
     report.json["webhooks"] = json!({
         "call_initiation": init.json(), "call_initiation_open_loop": init_open.json(),
-        "platforms": platforms, "outcomes": outcomes,
+        "platforms": platforms, "outcomes": outcomes, "elevenlabs_redis_off": no_redis.json(),
     });
 }
 

@@ -18,8 +18,8 @@ use crate::config::WebhooksSettings;
 use crate::domain::SessionId;
 use crate::labels::{Platform, WebhookOutcome};
 use crate::webhooks::{
-    resolve, CallStart, ElevenLabs, Known, Refusal, Rendered, Retell, Twilio, Vapi, VapiAuth,
-    VapiMessage,
+    resolve, CallStart, Claim, Claims, ElevenLabs, Known, Refusal, Rendered, Retell, Twilio, Vapi,
+    VapiAuth, VapiMessage,
 };
 
 /// How long an answered call start is remembered: a platform's retry within it gets the same
@@ -30,12 +30,15 @@ const RETRY_WINDOW: Duration = Duration::from_secs(60);
 pub struct Hooks {
     pub settings: WebhooksSettings,
     recent: moka::future::Cache<String, (Rendered, WebhookOutcome)>,
+    /// Answers claimed across instances (Redis), for call starts without a platform call id.
+    claims: Option<Claims>,
 }
 
 impl Hooks {
-    pub fn new(settings: WebhooksSettings) -> Self {
+    pub fn new(settings: WebhooksSettings, claims: Option<Claims>) -> Self {
         Hooks {
             settings,
+            claims,
             recent: moka::future::Cache::builder()
                 .max_capacity(100_000)
                 .time_to_live(RETRY_WINDOW)
@@ -142,6 +145,22 @@ async fn call_start(
     .await;
     let r = render(&known, session.as_deref());
     let outcome = known.outcome;
+    // Without a platform call id the session id is ours: a retry that reached another instance
+    // first must not get a second one.
+    if call.call_id.is_none() {
+        if let Some(claims) = &hooks.claims {
+            if let Claim::Theirs(theirs, outcome) =
+                claims.claim(&key, &r, outcome, RETRY_WINDOW).await
+            {
+                hooks.recent.insert(key, (theirs.clone(), outcome)).await;
+                state
+                    .metrics
+                    .edge
+                    .webhook(platform, outcome, started.elapsed().as_secs_f64());
+                return rendered(theirs);
+            }
+        }
+    }
     hooks.recent.insert(key, (r.clone(), outcome)).await;
     if let Some(proxy) = &state.proxy {
         proxy.mirror(&state.metrics, &original.parts, original.body);

@@ -120,6 +120,10 @@ impl Keys {
         key.push_str(rest);
         key
     }
+    /// The claimed answer of a call start (`<platform>:<identity>`), for the retry window.
+    pub fn call_start(&self, key: &str) -> String {
+        self.state_key("callstart:", key)
+    }
     pub fn session(&self, id: &str) -> String {
         self.state_key("session:", id)
     }

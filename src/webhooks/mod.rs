@@ -10,6 +10,7 @@
 //! Fail open: a platform that gets an error, an empty body or a payload it rejects drops the call,
 //! so every answer past the signature check is a 200 with a valid payload.
 
+mod claim;
 mod elevenlabs;
 mod resolve;
 mod retell;
@@ -20,6 +21,7 @@ mod vapi;
 use serde::Deserialize;
 use serde_json::{Map, Value};
 
+pub use claim::{Claim, Claims};
 pub use resolve::resolve;
 
 use crate::domain::{LeadId, Organization};

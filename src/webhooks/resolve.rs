@@ -1,7 +1,9 @@
-//! From a call start to what is known within the deadline. The lookups run in a task of their
-//! own, so a deadline that passes stops the waiting, not the work: the organization and the
-//! caller's parts land in the cache for the platform's retry and the next call.
+//! From a call start to what is known within the deadline. Lookups that must wait run in a task
+//! of their own, so a deadline that passes stops the waiting, not the work: the organization and
+//! the caller's parts land in the cache for the platform's retry and the next call.
 
+use std::future::Future as _;
+use std::task::Poll;
 use std::time::Duration;
 
 use serde::Deserialize;
@@ -41,7 +43,7 @@ pub async fn resolve(
         .to_owned();
     let (tx, mut rx) = mpsc::channel(2);
     let a = answers.clone();
-    tokio::spawn(async move {
+    let mut lookups = Box::pin(async move {
         let org = a.org_by_phone(&callee, Mode::ReadThrough).await;
         let found = matches!(&org, Ok(l) if !l.entry.negative);
         let _ = tx.send(Progress::Org(org)).await;
@@ -52,6 +54,13 @@ pub async fn resolve(
             let _ = tx.send(Progress::Initiation(init)).await;
         }
     });
+    // Every part in L1 answers without waiting: poll here once, and spawn only lookups that
+    // must wait (a task of their own, so the deadline stops the waiting, not the work).
+    let waiting =
+        std::future::poll_fn(|cx| Poll::Ready(lookups.as_mut().poll(cx).is_pending())).await;
+    if waiting {
+        tokio::spawn(lookups);
+    }
     let mut org: Option<Lookup> = None;
     loop {
         match tokio::time::timeout_at(until, rx.recv()).await {

@@ -415,6 +415,29 @@ async fn a_retell_retry_gets_the_same_answer_and_one_session() {
     );
     let s = app.get(&format!("/v1/sessions/{session}")).await;
     assert_eq!(s.body["data"]["platform"], "retell");
+
+    // A retry that reaches another instance of the fleet gets the first answer too, and opens
+    // nothing; so does a call start that two instances answer at once.
+    let peer = app.spawn_peer(with_webhooks).await;
+    let elsewhere = peer.retell(&w.lead_phone, &w.org_phone).await;
+    assert_eq!(elsewhere.status, StatusCode::OK);
+    assert_eq!(
+        elsewhere.text, first.text,
+        "the retry elsewhere gets the first answer"
+    );
+    let race = json!({"event": "call_inbound", "call_inbound": {
+        "from_number": w.lead_phone, "to_number": w.org_phone, "agent_id": "agent_race"}})
+    .to_string();
+    let at = now_ms();
+    let (x, y) = tokio::join!(app.retell_signed(&race, at), peer.retell_signed(&race, at));
+    assert_eq!((x.status, y.status), (StatusCode::OK, StatusCode::OK));
+    assert_eq!(x.text, y.text, "both instances answer the race alike");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(
+        listed().await,
+        2,
+        "one session per call start, across the fleet"
+    );
 }
 
 #[tokio::test]
