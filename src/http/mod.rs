@@ -96,6 +96,9 @@ impl std::ops::Deref for AppState {
     }
 }
 
+/// The body limit of the webhook routes (at least; `server.body_limit_bytes` if larger).
+const WEBHOOK_BODY_LIMIT: usize = 8 << 20;
+
 /// Builds the router behind the [`Front`] door (which gives every answer its `x-request-id`).
 /// `body_limit` bounds every request body.
 pub(crate) fn router(state: AppState, body_limit: usize) -> Router {
@@ -176,7 +179,12 @@ pub(crate) fn router(state: AppState, body_limit: usize) -> Router {
         ),
     ] {
         if hooks.mounted(platform) {
-            app = app.route(path, handler);
+            // A platform's event other than call start (a Vapi end-of-call report, a Retell
+            // `call_analyzed` with its transcript) may be far larger than a lookup's body.
+            app = app.route(
+                path,
+                handler.layer(DefaultBodyLimit::max(body_limit.max(WEBHOOK_BODY_LIMIT))),
+            );
         }
     }
     if state.admin_token.is_set() {

@@ -162,21 +162,34 @@ async fn call_start(
         }
     }
     hooks.recent.insert(key, (r.clone(), outcome)).await;
-    if let Some(proxy) = &state.proxy {
-        proxy.mirror(&state.metrics, &original.parts, original.body);
-    }
-    if outcome != WebhookOutcome::UnknownNumber {
-        if let Some(id) = session.and_then(|s| s.parse::<SessionId>().ok()) {
+    // The app gets the call start as the platform sent it, once the session is there.
+    let mirror = state
+        .proxy
+        .clone()
+        .filter(|p| p.mirrors_call_starts())
+        .map(|p| (p, original));
+    let session = session
+        .filter(|_| outcome != WebhookOutcome::UnknownNumber)
+        .and_then(|s| s.parse::<SessionId>().ok());
+    match session {
+        Some(id) => {
             // Opened before the answer goes, so the app finds the session when the call
             // reaches it — but never past the deadline: then it finishes in the background.
             // Waiting for it is also what bounds the work call starts leave behind.
             let state = state.clone();
-            let opening =
-                tokio::spawn(
-                    async move { open_session(&state, platform, &call, &known, &id).await },
-                );
+            let opening = tokio::spawn(async move {
+                open_session(&state, platform, &call, &known, &id).await;
+                if let Some((proxy, o)) = mirror {
+                    proxy.mirror(&state.metrics, &o.parts, o.body);
+                }
+            });
             let left = hooks.settings.deadline.saturating_sub(started.elapsed());
             let _ = tokio::time::timeout(left, opening).await;
+        }
+        None => {
+            if let Some((proxy, o)) = mirror {
+                proxy.mirror(&state.metrics, &o.parts, o.body);
+            }
         }
     }
     state
@@ -223,7 +236,15 @@ async fn open_session(
         // in memory until it is back.
         Err(_) => match sessions.patch(id, &data, None, None).await {
             Err(crate::sessions::SessionError::NotFound) => {
-                sessions.put(id, &data, None, None).await.map(|_| ())
+                match sessions.put(id, &data, None, None).await {
+                    Ok(a) => {
+                        if a.created {
+                            state.events.session_created(id).await;
+                        }
+                        Ok(())
+                    }
+                    Err(e) => Err(e),
+                }
             }
             other => other.map(|_| ()),
         },

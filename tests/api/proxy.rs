@@ -392,6 +392,19 @@ async fn platform_messages_other_than_call_start_go_to_the_upstream_and_call_sta
     assert_eq!(seen[0].body, update);
     assert_eq!(seen[0].headers["x-vapi-secret"], VAPI_SECRET);
 
+    // An end-of-call report with a long transcript: far over a lookup's body limit, still the
+    // app's, byte for byte.
+    let mut report = vapi_message("end-of-call-report");
+    report["message"]["transcript"] = json!("AI: Hello. User: Hi. ".repeat(20_000));
+    let report = serde_json::to_vec(&report).unwrap();
+    assert!(report.len() > 256 * 1024);
+    let res = send(report.clone()).await.unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    assert_eq!(res.headers()["x-upstream"], "echo");
+    let seen = upstream.seen_at("/v1/webhooks/vapi");
+    assert_eq!(seen.len(), 2);
+    assert_eq!(seen[1].body, report);
+
     // A call start: sidecache answers; the app gets the same request in the background.
     let start = serde_json::to_vec(&vapi_message("assistant-request")).unwrap();
     let res = send(start.clone()).await.unwrap();
@@ -404,11 +417,11 @@ async fn platform_messages_other_than_call_start_go_to_the_upstream_and_call_sta
     );
     assert!(
         eventually(Duration::from_secs(5), || async {
-            upstream.seen_at("/v1/webhooks/vapi").len() == 2
+            upstream.seen_at("/v1/webhooks/vapi").len() == 3
         })
         .await
     );
-    let mirrored = &upstream.seen_at("/v1/webhooks/vapi")[1];
+    let mirrored = &upstream.seen_at("/v1/webhooks/vapi")[2];
     assert_eq!(mirrored.body, start);
     assert_eq!(mirrored.method, "POST");
     assert_eq!(mirrored.headers["x-forwarded-for"], "127.0.0.1");
@@ -424,5 +437,5 @@ async fn platform_messages_other_than_call_start_go_to_the_upstream_and_call_sta
     let res = send(start).await.unwrap();
     assert_eq!(res.status(), StatusCode::OK);
     tokio::time::sleep(Duration::from_millis(300)).await;
-    assert_eq!(upstream.seen_at("/v1/webhooks/vapi").len(), 2);
+    assert_eq!(upstream.seen_at("/v1/webhooks/vapi").len(), 3);
 }
