@@ -22,6 +22,15 @@ pub(crate) struct Lead {
     pub(crate) org_phone: String,
 }
 
+/// `/v1/calls/initiation` for `lead` calling its organization, on the voice channel.
+pub(crate) fn initiation_path(lead: &Lead) -> String {
+    format!(
+        "/v1/calls/initiation?caller={}&callee={}&channel=voice",
+        enc(&lead.phone),
+        enc(&lead.org_phone)
+    )
+}
+
 pub(crate) fn enc(phone: &str) -> String {
     phone.replace('+', "%2B")
 }

@@ -26,7 +26,7 @@ use rand::rngs::SmallRng;
 use serde_json::json;
 
 use crate::baselines::start_bare_hyper;
-use crate::dataset::{enc, Dataset, Lead};
+use crate::dataset::{initiation_path, Dataset, Lead};
 use crate::nginx::{self, Config, Serve};
 use crate::open_loop::{self, get, Fixed, OpenRun, Requests};
 use crate::report::Report;
@@ -283,16 +283,9 @@ pub(crate) async fn webhooks(db_url: &str, data: &Dataset, report: &mut Report) 
         ("SIDECACHE__WEBHOOKS__TWILIO__PUBLIC_URL", PUBLIC_URL),
     ];
     let sc = start_sidecache(db_url, "bench-webhooks", &secrets).await;
-    let init_path = format!(
-        "/v1/calls/initiation?caller={}&callee={}&channel=voice",
-        enc(&one.phone),
-        enc(&one.org_phone)
-    );
+    let init_path = initiation_path(one);
     // Warm every part, and check each platform answers the known caller in full.
-    let r = reqwest::get(format!("{}{init_path}", sc.base))
-        .await
-        .unwrap();
-    assert!(r.status().is_success());
+    warm(&sc.base, &init_path).await;
     for p in Platform::ALL {
         let raw = p.request("check", 0, &one.phone, &one.org_phone, now_ms());
         let res = raw_exchange(&sc.base, &raw).await;
@@ -400,10 +393,7 @@ pub(crate) async fn webhooks(db_url: &str, data: &Dataset, report: &mut Report) 
     let mut off = secrets.to_vec();
     off.push(("REDIS_ENABLED", "false"));
     let sc = start_sidecache(db_url, "bench-webhooks-off", &off).await;
-    let r = reqwest::get(format!("{}{init_path}", sc.base))
-        .await
-        .unwrap();
-    assert!(r.status().is_success());
+    warm(&sc.base, &init_path).await;
     let (no_redis, _) = measure_calls(&sc.base, Platform::ElevenLabs, one, "off");
     show("elevenlabs call start, Redis off", &no_redis);
     report.line(
@@ -416,6 +406,12 @@ pub(crate) async fn webhooks(db_url: &str, data: &Dataset, report: &mut Report) 
         "call_initiation": init.json(), "call_initiation_open_loop": init_open.json(),
         "platforms": platforms, "outcomes": outcomes, "elevenlabs_redis_off": no_redis.json(),
     });
+}
+
+/// Loads every part of the initiation into L1.
+async fn warm(base: &str, init_path: &str) {
+    let r = reqwest::get(format!("{base}{init_path}")).await.unwrap();
+    assert!(r.status().is_success(), "{init_path}: {}", r.status());
 }
 
 /// One request over a fresh connection; the answer's text.

@@ -13,7 +13,7 @@ use std::time::Instant;
 use serde_json::json;
 
 use crate::baselines::{self, pgbench, redis_benchmark, start_bare_hyper, BARE_HYPER_CONFIG};
-use crate::dataset::{enc, Dataset, Lead, Mixed, RandomPaths};
+use crate::dataset::{enc, initiation_path, Dataset, Lead, Mixed, RandomPaths};
 use crate::nginx;
 use crate::open_loop::{self, get, Fixed, OpenRun, Requests};
 use crate::report::{hit_ratios, route_latencies, thousands, Report};
@@ -206,11 +206,7 @@ pub(crate) async fn l1(db_url: &str, data: &Dataset, report: &mut Report) {
         });
     }
     if wanted("initiation") {
-        let init_path = format!(
-            "/v1/calls/initiation?caller={}&callee={}&channel=voice",
-            enc(&one.phone),
-            enc(&one.org_phone)
-        );
+        let init_path = initiation_path(one);
         let r = reqwest::get(format!("{}{init_path}", sc.base))
             .await
             .unwrap();

@@ -205,10 +205,15 @@ pub(crate) fn router(state: AppState, body_limit: usize) -> Router {
                 get(|| async { axum::response::Redirect::permanent("/admin/") }),
             );
     }
-    let app = if state.proxy.is_some() {
-        app.fallback(pass_through)
-    } else {
-        app.fallback(not_found)
+    // Any request no route answers is the handler app's when there is one.
+    let app = match state.proxy.clone() {
+        Some(proxy) => {
+            let metrics = state.metrics.clone();
+            app.fallback(move |req: axum::extract::Request| async move {
+                proxy.forward(&metrics, req).await
+            })
+        }
+        None => app.fallback(not_found),
     };
     app.method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(body_limit))
@@ -221,17 +226,6 @@ pub(crate) fn router(state: AppState, body_limit: usize) -> Router {
             |_: Box<dyn std::any::Any + Send>| middleware::panicked(),
         ))
         .with_state(state)
-}
-
-/// Any request no route answers, with `proxy.upstream` set: the handler app's.
-async fn pass_through(
-    axum::extract::State(state): axum::extract::State<AppState>,
-    req: axum::extract::Request,
-) -> axum::response::Response {
-    match &state.proxy {
-        Some(proxy) => proxy.forward(&state.metrics, req).await,
-        None => axum::response::IntoResponse::into_response(not_found().await),
-    }
 }
 
 async fn not_found() -> ApiError {

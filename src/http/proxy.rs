@@ -193,20 +193,13 @@ impl Proxy {
             })
     }
 
-    /// Sends an answered call start to the upstream as the platform sent it, in the background;
-    /// the upstream's answer is only counted (`sidecache_proxy_mirrors_total`).
-    pub fn mirror(&self, metrics: &std::sync::Arc<Metrics>, parts: &Parts, body: Bytes) {
-        if !self.mirror_call_starts {
+    /// Sends an answered call start to the upstream as the platform sent it, in the background
+    /// (for [`Proxy::mirrors_call_starts`]); the upstream's answer is only counted
+    /// (`sidecache_proxy_mirrors_total`).
+    pub fn mirror(&self, metrics: &std::sync::Arc<Metrics>, parts: Parts, body: Bytes) {
+        let Ok(req) = self.prepare(Request::from_parts(parts, Body::from(body))) else {
             return;
-        }
-        let mut req = Request::new(Body::from(body));
-        *req.method_mut() = parts.method.clone();
-        *req.uri_mut() = parts.uri.clone();
-        *req.headers_mut() = parts.headers.clone();
-        if let Some(peer) = parts.extensions.get::<Peer>() {
-            req.extensions_mut().insert(*peer);
-        }
-        let Ok(req) = self.prepare(req) else { return };
+        };
         let (client, timeout, metrics) = (self.client.clone(), self.timeout, metrics.clone());
         tokio::spawn(async move {
             // The whole exchange within the timeout: an app that answers and then stalls its
@@ -230,14 +223,19 @@ impl Proxy {
     }
 }
 
-/// The protocol a request asks to switch to (`Connection: upgrade` and `Upgrade: <protocol>`).
-fn upgrade_asked(headers: &HeaderMap) -> Option<HeaderValue> {
-    let asked = headers
+/// The comma-separated tokens of every `Connection` header.
+fn connection_tokens(headers: &HeaderMap) -> impl Iterator<Item = &str> {
+    headers
         .get_all(header::CONNECTION)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
-        .any(|t| t.trim().eq_ignore_ascii_case("upgrade"));
+        .map(str::trim)
+}
+
+/// The protocol a request asks to switch to (`Connection: upgrade` and `Upgrade: <protocol>`).
+fn upgrade_asked(headers: &HeaderMap) -> Option<HeaderValue> {
+    let asked = connection_tokens(headers).any(|t| t.eq_ignore_ascii_case("upgrade"));
     asked
         .then(|| headers.get(header::UPGRADE).cloned())
         .flatten()
@@ -254,12 +252,8 @@ async fn tunnel(client: hyper::upgrade::OnUpgrade, upstream: hyper::upgrade::OnU
 
 /// Drops the hop-by-hop headers and those the `Connection` header names.
 fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    let named: Vec<HeaderName> = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
+    let named: Vec<HeaderName> = connection_tokens(headers)
+        .filter_map(|n| HeaderName::from_bytes(n.as_bytes()).ok())
         .collect();
     for name in named.iter().chain(&HOP_BY_HOP) {
         headers.remove(name);

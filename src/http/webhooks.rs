@@ -180,7 +180,7 @@ async fn call_start(
             let opening = tokio::spawn(async move {
                 open_session(&state, platform, &call, &known, &id).await;
                 if let Some((proxy, o)) = mirror {
-                    proxy.mirror(&state.metrics, &o.parts, o.body);
+                    proxy.mirror(&state.metrics, o.parts, o.body);
                 }
             });
             let left = hooks.settings.deadline.saturating_sub(started.elapsed());
@@ -188,7 +188,7 @@ async fn call_start(
         }
         None => {
             if let Some((proxy, o)) = mirror {
-                proxy.mirror(&state.metrics, &o.parts, o.body);
+                proxy.mirror(&state.metrics, o.parts, o.body);
             }
         }
     }
@@ -221,37 +221,42 @@ async fn open_session(
     put("organization_id", known.org_id());
     put("lead_id", known.lead_id.map(|l| l.to_string()));
     put("outcome", Some(known.outcome.as_str().to_owned()));
-    let sessions = &state.sessions;
-    let result = match sessions.put(id, &data, None, Some(0)).await {
-        Ok(a) => {
-            if a.created {
-                state.events.session_created(id).await;
-            }
-            Ok(())
-        }
-        Err(crate::sessions::SessionError::VersionMismatch { .. }) => {
-            sessions.patch(id, &data, None, None).await.map(|_| ())
-        }
+    use crate::sessions::SessionError::{NotFound, VersionMismatch};
+    let merge = || async {
+        state
+            .sessions
+            .patch(id, &data, None, None)
+            .await
+            .map(|_| ())
+    };
+    let result = match create(state, id, &data, Some(0)).await {
+        Err(VersionMismatch { .. }) => merge().await,
         // Redis away: a conditional write is refused; the unconditional ones keep the session
         // in memory until it is back.
-        Err(_) => match sessions.patch(id, &data, None, None).await {
-            Err(crate::sessions::SessionError::NotFound) => {
-                match sessions.put(id, &data, None, None).await {
-                    Ok(a) => {
-                        if a.created {
-                            state.events.session_created(id).await;
-                        }
-                        Ok(())
-                    }
-                    Err(e) => Err(e),
-                }
-            }
-            other => other.map(|_| ()),
+        Err(_) => match merge().await {
+            Err(NotFound) => create(state, id, &data, None).await,
+            other => other,
         },
+        created => created,
     };
     if let Err(e) = result {
         tracing::warn!(session = id.as_str(), error = %e, "the call's session could not be opened");
     }
+}
+
+/// Writes the session (`expect`: the version it must be at; 0 = must not exist) and, if that
+/// created it, tells the event streams.
+async fn create(
+    state: &AppState,
+    id: &SessionId,
+    data: &Map<String, Value>,
+    expect: Option<u64>,
+) -> Result<(), crate::sessions::SessionError> {
+    let a = state.sessions.put(id, data, None, expect).await?;
+    if a.created {
+        state.events.session_created(id).await;
+    }
+    Ok(())
 }
 
 /// `POST /v1/webhooks/elevenlabs`.
