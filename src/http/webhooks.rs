@@ -18,8 +18,8 @@ use crate::config::WebhooksSettings;
 use crate::domain::SessionId;
 use crate::labels::{Platform, WebhookOutcome};
 use crate::webhooks::{
-    resolve, CallStart, Claim, Claims, ElevenLabs, Known, Refusal, Rendered, Retell, Twilio, Vapi,
-    VapiAuth, VapiMessage,
+    resolve, CallStart, Claim, Claims, Decoded, ElevenLabs, Known, Refusal, Rendered, Retell,
+    Twilio, Vapi, VapiAuth, VapiMessage,
 };
 
 /// How long an answered call start is remembered: a platform's retry within it gets the same
@@ -32,6 +32,8 @@ pub struct Hooks {
     recent: moka::future::Cache<String, (Rendered, WebhookOutcome)>,
     /// Answers claimed across instances (Redis), for call starts without a platform call id.
     claims: Option<Claims>,
+    /// Cached bodies decoded once.
+    decoded: Decoded,
 }
 
 impl Hooks {
@@ -39,6 +41,7 @@ impl Hooks {
         Hooks {
             settings,
             claims,
+            decoded: Decoded::default(),
             recent: moka::future::Cache::builder()
                 .max_capacity(100_000)
                 .time_to_live(RETRY_WINDOW)
@@ -138,6 +141,7 @@ async fn call_start(
     }
     let known = resolve(
         &state.answers,
+        &hooks.decoded,
         &state.phones,
         &call,
         hooks.settings.deadline,

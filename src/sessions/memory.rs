@@ -5,6 +5,7 @@
 //! acknowledged.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Mutex;
 
 use serde_json::{Map, Value};
@@ -67,6 +68,9 @@ pub(crate) struct Memory {
     max: usize,
     /// A std Mutex: held for a map operation, never across an await.
     map: Mutex<HashMap<String, Entry>>,
+    /// No entry expires before this (Unix ms; written under the map's lock): a full store is
+    /// swept for expired entries only once one can have expired, not on every refused put.
+    earliest_expiry_ms: AtomicI64,
 }
 
 /// The store is full of live sessions.
@@ -78,6 +82,7 @@ impl Memory {
         Memory {
             max,
             map: Mutex::new(HashMap::new()),
+            earliest_expiry_ms: AtomicI64::new(i64::MAX),
         }
     }
 
@@ -111,11 +116,19 @@ impl Memory {
     pub(crate) fn put(&self, id: &str, entry: Entry, now_ms: i64) -> Result<(), Full> {
         let mut map = self.map();
         if !map.contains_key(id) && map.len() >= self.max {
+            if now_ms < self.earliest_expiry_ms.load(Ordering::Relaxed) {
+                return Err(Full);
+            }
             map.retain(|_, e| !e.doc.expired(now_ms));
+            let earliest = map.values().map(|e| e.doc.expires_ms).min();
+            self.earliest_expiry_ms
+                .store(earliest.unwrap_or(i64::MAX), Ordering::Relaxed);
             if map.len() >= self.max {
                 return Err(Full);
             }
         }
+        self.earliest_expiry_ms
+            .fetch_min(entry.doc.expires_ms, Ordering::Relaxed);
         map.insert(id.to_owned(), entry);
         Ok(())
     }
@@ -218,6 +231,10 @@ mod tests {
         );
         m.put("a", live(200, false), 10)
             .expect("replacing one is fine");
+        assert!(
+            m.put("c", live(100, false), 49).is_err(),
+            "`b` lives until 50"
+        );
         m.put("c", live(100, false), 60).expect("`b` expired at 50");
         assert!(m.get("b", 60).is_none());
         assert_eq!(m.len(60), 2);

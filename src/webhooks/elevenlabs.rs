@@ -2,6 +2,7 @@
 //! names the caller and the called number; the answer must carry `type`, every variable the agent
 //! defines, and overrides only for the fields the agent has enabled, or the call fails.
 
+use serde::{Serialize, Serializer};
 use serde_json::{json, Map, Value};
 
 use super::{json_object, required, sign, str_field, CallStart, Known, Refusal, Rendered};
@@ -32,14 +33,6 @@ impl ElevenLabs {
     /// `{"type": "conversation_initiation_client_data", "dynamic_variables", "conversation_config_override"?}`.
     pub fn render(known: &Known) -> Rendered {
         let el = &known.voice.elevenlabs;
-        // Defaults first, so every variable the agent defines has a value; what is known wins.
-        let mut vars = Map::new();
-        for (k, v) in el.dynamic_variable_defaults.iter().chain(&known.variables) {
-            // `system__` variables are ElevenLabs' own and may not be set.
-            if !k.starts_with("system__") {
-                vars.insert(k.clone(), variable(v));
-            }
-        }
         let enabled = |name: &str| el.overrides.iter().any(|o| o == name);
         let mut agent = Map::new();
         let mut tts = Map::new();
@@ -65,10 +58,6 @@ impl ElevenLabs {
                 }
             }
         }
-        let mut answer = json!({
-            "type": "conversation_initiation_client_data",
-            "dynamic_variables": vars,
-        });
         let mut config = Map::new();
         if !agent.is_empty() {
             config.insert("agent".into(), agent.into());
@@ -76,17 +65,57 @@ impl ElevenLabs {
         if !tts.is_empty() {
             config.insert("tts".into(), tts.into());
         }
-        if !config.is_empty() {
-            answer["conversation_config_override"] = config.into();
-        }
-        Rendered::json(&answer)
+        Rendered::json(&Answer {
+            kind: "conversation_initiation_client_data",
+            dynamic_variables: Variables {
+                known: &known.variables,
+                defaults: &el.dynamic_variable_defaults,
+            },
+            conversation_config_override: config,
+        })
+    }
+}
+
+#[derive(Serialize)]
+struct Answer<'a> {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    dynamic_variables: Variables<'a>,
+    #[serde(skip_serializing_if = "Map::is_empty")]
+    conversation_config_override: Map<String, Value>,
+}
+
+/// Every variable the agent defines: what is known, then the defaults for the rest, without
+/// ElevenLabs' own `system__` ones (which may not be set).
+struct Variables<'a> {
+    known: &'a Map<String, Value>,
+    defaults: &'a Map<String, Value>,
+}
+
+impl Serialize for Variables<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let defaults = self
+            .defaults
+            .iter()
+            .filter(|(k, _)| !self.known.contains_key(*k));
+        s.collect_map(
+            self.known
+                .iter()
+                .chain(defaults)
+                .filter(|(k, _)| !k.starts_with("system__"))
+                .map(|(k, v)| (k, Variable(v))),
+        )
     }
 }
 
 /// ElevenLabs takes strings, numbers, booleans and null; anything else goes as its JSON text.
-fn variable(v: &Value) -> Value {
-    match v {
-        Value::Array(_) | Value::Object(_) => Value::String(v.to_string()),
-        other => other.clone(),
+struct Variable<'a>(&'a Value);
+
+impl Serialize for Variable<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self.0 {
+            v @ (Value::Array(_) | Value::Object(_)) => s.serialize_str(&v.to_string()),
+            other => other.serialize(s),
+        }
     }
 }

@@ -18,11 +18,13 @@ mod sign;
 mod twilio;
 mod vapi;
 
+use std::sync::Arc;
+
 use serde::Deserialize;
 use serde_json::{Map, Value};
 
 pub use claim::{Claim, Claims};
-pub use resolve::resolve;
+pub use resolve::{resolve, Decoded};
 
 use crate::domain::{LeadId, Organization};
 use crate::labels::WebhookOutcome;
@@ -65,7 +67,7 @@ pub struct Rendered {
 }
 
 impl Rendered {
-    fn json(v: &Value) -> Self {
+    fn json(v: &impl serde::Serialize) -> Self {
         Rendered {
             content_type: "application/json",
             body: serde_json::to_vec(v)
@@ -80,7 +82,7 @@ impl Rendered {
 pub struct Known {
     pub outcome: WebhookOutcome,
     /// `None` for `fallback` and `unknown_number`.
-    pub org: Option<Organization>,
+    pub org: Option<Arc<Organization>>,
     /// The caller's lead, when the caller is one.
     pub lead_id: Option<LeadId>,
     /// The prompt's variables, all strings: the context's for a known caller (the lead's
@@ -90,7 +92,7 @@ pub struct Known {
     /// The first thing the agent says.
     pub greeting: String,
     /// The organization's `settings.voice`.
-    pub voice: Voice,
+    pub voice: Arc<Voice>,
 }
 
 impl Known {
@@ -113,7 +115,7 @@ impl Known {
             lead_id: None,
             variables,
             greeting: GENERIC_GREETING.to_owned(),
-            voice: Voice::default(),
+            voice: Arc::default(),
         }
     }
 

@@ -2,9 +2,13 @@
 //! of their own, so a deadline that passes stops the waiting, not the work: the organization and
 //! the caller's parts land in the cache for the platform's retry and the next call.
 
+use std::collections::HashMap;
 use std::future::Future as _;
+use std::sync::{Arc, Mutex};
 use std::task::Poll;
 use std::time::Duration;
+
+use bytes::Bytes;
 
 use serde::Deserialize;
 use serde_json::{Map, Value};
@@ -13,7 +17,7 @@ use tokio::sync::mpsc;
 use super::{finish_variables, CallStart, Known, Voice};
 use crate::answers::{greeting_text, Answers, Initiation};
 use crate::cache::{CacheError, Lookup, Mode};
-use crate::domain::{Channel, Organization, PhoneNumber, PhoneParser};
+use crate::domain::{Channel, LeadId, OrgId, Organization, PhoneNumber, PhoneParser};
 use crate::labels::WebhookOutcome;
 
 /// How far the lookups got.
@@ -27,6 +31,7 @@ enum Progress {
 /// (nothing) or `unknown_number`.
 pub async fn resolve(
     answers: &Answers,
+    decoded: &Decoded,
     phones: &PhoneParser,
     call: &CallStart,
     deadline: Duration,
@@ -69,14 +74,15 @@ pub async fn resolve(
             }
             Ok(Some(Progress::Org(Ok(l)))) => org = Some(l),
             Ok(Some(Progress::Initiation(Ok(Some(init))))) => {
-                return full(&init, &caller_text).unwrap_or_else(|| Known::fallback(&caller_text))
+                return full(decoded, &init, &caller_text)
+                    .unwrap_or_else(|| Known::fallback(&caller_text))
             }
             // The number's organization went away between the parts.
             Ok(Some(Progress::Initiation(Ok(None)))) => return Known::unknown_number(&caller_text),
             // The task is done: an unknown caller (nothing more is coming), or a failed part.
             Ok(None) => {
                 if let Some(l) = &org {
-                    return org_only(l, &caller_text, WebhookOutcome::Full)
+                    return org_only(decoded, l, &caller_text, WebhookOutcome::Full)
                         .unwrap_or_else(|| Known::fallback(&caller_text));
                 }
                 break;
@@ -85,7 +91,7 @@ pub async fn resolve(
         }
     }
     match &org {
-        Some(l) => org_only(l, &caller_text, WebhookOutcome::Partial),
+        Some(l) => org_only(decoded, l, &caller_text, WebhookOutcome::Partial),
         None => None,
     }
     .unwrap_or_else(|| Known::fallback(&caller_text))
@@ -101,19 +107,92 @@ struct ContextBody {
     dynamic_variables: Map<String, Value>,
 }
 
-fn organization(l: &Lookup) -> Option<Organization> {
-    serde_json::from_slice(&l.entry.body).ok()
+/// Cached bodies decoded once: every call to a number decodes the same organization (and its
+/// `settings.voice`), a caller's every call the same context, and that decoding was the largest
+/// part of answering a call start from memory. Exact: a decoding is reused only for a body equal
+/// byte for byte to the one it was decoded from, whatever changed it and however.
+#[derive(Default)]
+pub struct Decoded {
+    orgs: Memo<OrgId, (Arc<Organization>, Arc<Voice>)>,
+    contexts: Memo<LeadId, Arc<Map<String, Value>>>,
+}
+
+impl Decoded {
+    /// The organization of a cached body, and its voice settings.
+    fn org(&self, l: &Lookup) -> Option<(Arc<Organization>, Arc<Voice>)> {
+        self.orgs.get(l.entry.ids().org, &l.entry.body, |body| {
+            let org: Organization = serde_json::from_slice(body).ok()?;
+            let voice = Arc::new(Voice::of(&org));
+            Some((Arc::new(org), voice))
+        })
+    }
+
+    /// The dynamic variables of a cached context body.
+    fn variables(&self, l: &Lookup) -> Option<Arc<Map<String, Value>>> {
+        self.contexts
+            .get(l.entry.ids().lead, &l.entry.body, |body| {
+                serde_json::from_slice::<ContextBody>(body)
+                    .ok()
+                    .map(|c| Arc::new(c.dynamic_variables))
+            })
+    }
+}
+
+/// Decodings by the id of what they decode, with the body each came from.
+struct Memo<K, T> {
+    kept: Mutex<HashMap<K, (Bytes, T)>>,
+}
+
+impl<K, T> Default for Memo<K, T> {
+    fn default() -> Self {
+        Memo {
+            kept: Mutex::new(HashMap::new()),
+        }
+    }
+}
+
+/// More than one instance answers for from memory: past it a memo starts over.
+const DECODINGS_KEPT: usize = 4096;
+
+impl<K: std::hash::Hash + Eq, T: Clone> Memo<K, T> {
+    /// `body` decoded: the kept decoding if it was of these very bytes, else `decode`'s.
+    fn get(
+        &self,
+        id: Option<K>,
+        body: &Bytes,
+        decode: impl FnOnce(&[u8]) -> Option<T>,
+    ) -> Option<T> {
+        let Some(id) = id else {
+            return decode(body);
+        };
+        if let Some((_, t)) = self
+            .kept
+            .lock()
+            .expect("not poisoned")
+            .get(&id)
+            .filter(|(kept, _)| kept == body)
+        {
+            return Some(t.clone());
+        }
+        let t = decode(body)?;
+        let mut kept = self.kept.lock().expect("not poisoned");
+        if kept.len() >= DECODINGS_KEPT {
+            kept.clear();
+        }
+        kept.insert(id, (body.clone(), t.clone()));
+        Some(t)
+    }
 }
 
 /// The organization alone: its variables and the greeting for an unknown caller.
-fn org_only(l: &Lookup, caller: &str, outcome: WebhookOutcome) -> Option<Known> {
-    let org = organization(l)?;
+fn org_only(decoded: &Decoded, l: &Lookup, caller: &str, outcome: WebhookOutcome) -> Option<Known> {
+    let (org, voice) = decoded.org(l)?;
     let greeting = greeting_text(&org, None, Channel::Voice);
     let mut variables = org_variables(&org);
     finish_variables(&mut variables, &greeting, caller, false);
     Some(Known {
         outcome,
-        voice: Voice::of(&org),
+        voice,
         org: Some(org),
         lead_id: None,
         variables,
@@ -129,32 +208,88 @@ fn org_variables(org: &Organization) -> Map<String, Value> {
 }
 
 /// Everything the initiation answered.
-fn full(init: &Initiation, caller: &str) -> Option<Known> {
-    let org = organization(&init.organization)?;
+fn full(decoded: &Decoded, init: &Initiation, caller: &str) -> Option<Known> {
+    let (org, voice) = decoded.org(&init.organization)?;
     let known = init.known.as_ref().filter(|k| !k.greeting.entry.negative);
     let greeting_bytes = match (known, &init.rendered_greeting) {
         (Some(k), _) => &k.greeting.entry.body,
         (None, Some(g)) => g,
-        (None, None) => return org_only(&init.organization, caller, WebhookOutcome::Full),
+        (None, None) => return org_only(decoded, &init.organization, caller, WebhookOutcome::Full),
     };
     let greeting = serde_json::from_slice::<GreetingBody>(greeting_bytes)
         .ok()?
         .greeting;
     let context = known
         .filter(|k| !k.context.entry.negative)
-        .and_then(|k| serde_json::from_slice::<ContextBody>(&k.context.entry.body).ok());
+        .and_then(|k| decoded.variables(&k.context));
     let mut variables = match context {
-        Some(c) => c.dynamic_variables,
+        Some(vars) => Map::clone(&vars),
         None => org_variables(&org),
     };
     let lead_id = known.and_then(|_| init.lead.entry.ids().lead);
     finish_variables(&mut variables, &greeting, caller, lead_id.is_some());
     Some(Known {
         outcome: WebhookOutcome::Full,
-        voice: Voice::of(&org),
+        voice,
         org: Some(org),
         lead_id,
         variables,
         greeting,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::cell::Cell;
+
+    use super::*;
+
+    #[test]
+    fn a_decoding_is_reused_only_for_the_same_bytes() {
+        let memo: Memo<u32, String> = Memo::default();
+        let decodes = Cell::new(0);
+        let decode = |b: &[u8]| {
+            decodes.set(decodes.get() + 1);
+            Some(String::from_utf8(b.to_vec()).unwrap())
+        };
+        let v1 = Bytes::from_static(b"{\"name\":\"Acme\"}");
+        assert_eq!(
+            memo.get(Some(1), &v1, decode).unwrap(),
+            "{\"name\":\"Acme\"}"
+        );
+        // The same bytes (another buffer holding them, as a reload from Redis would): reused.
+        let again = Bytes::from(v1.to_vec());
+        assert_eq!(
+            memo.get(Some(1), &again, decode).unwrap(),
+            "{\"name\":\"Acme\"}"
+        );
+        assert_eq!(decodes.get(), 1);
+        // Changed bytes under the same id (a write, or SQL behind the cache's back): decoded anew.
+        let v2 = Bytes::from_static(b"{\"name\":\"Acme Dental\"}");
+        assert_eq!(
+            memo.get(Some(1), &v2, decode).unwrap(),
+            "{\"name\":\"Acme Dental\"}"
+        );
+        assert_eq!(decodes.get(), 2);
+        // Without an id nothing is kept.
+        memo.get(None, &v2, decode);
+        memo.get(None, &v2, decode);
+        assert_eq!(decodes.get(), 4);
+        // A body that does not decode is not kept either.
+        assert!(memo.get(Some(2), &v1, |_| None).is_none());
+        assert_eq!(
+            memo.get(Some(2), &v1, decode).unwrap(),
+            "{\"name\":\"Acme\"}"
+        );
+    }
+
+    #[test]
+    fn a_full_memo_starts_over() {
+        let memo: Memo<usize, usize> = Memo::default();
+        let body = Bytes::from_static(b"x");
+        for i in 0..=DECODINGS_KEPT {
+            memo.get(Some(i), &body, |_| Some(i));
+        }
+        assert_eq!(memo.kept.lock().unwrap().len(), 1);
+    }
 }

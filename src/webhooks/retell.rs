@@ -2,6 +2,7 @@
 //! no call id yet (the call object does not exist until it is answered). The answer's variables
 //! must all be strings.
 
+use serde::{Serialize, Serializer};
 use serde_json::{json, Map, Value};
 
 use super::{json_object, required, sign, str_field, CallStart, Known, Refusal, Rendered};
@@ -79,38 +80,66 @@ impl Retell {
         if known.outcome == WebhookOutcome::UnknownNumber {
             return Rendered::json(&json!({ "call_inbound": { "dynamic_variables": {} } }));
         }
-        let vars: Map<String, Value> = known
-            .variables
-            .iter()
-            .map(|(k, v)| {
-                let s = match v {
-                    Value::String(s) => s.clone(),
-                    Value::Null => String::new(),
-                    other => other.to_string(),
-                };
-                (k.clone(), Value::String(s))
-            })
-            .collect();
-        let mut metadata = Map::new();
-        if let Some(org) = known.org_id() {
-            metadata.insert("organization_id".into(), org.into());
-        }
-        if let Some(lead) = known.lead_id {
-            metadata.insert("lead_id".into(), lead.to_string().into());
-        }
-        if let Some(s) = session {
-            metadata.insert("session_id".into(), s.into());
-        }
-        let mut inbound = json!({ "dynamic_variables": vars, "metadata": metadata });
-        if let Some(agent) = known
+        let agent = known
             .voice
             .retell
             .override_agent_id
             .as_deref()
-            .filter(|a| !a.is_empty())
-        {
-            inbound["override_agent_id"] = agent.into();
+            .filter(|a| !a.is_empty());
+        Rendered::json(&Answer {
+            call_inbound: Inbound {
+                dynamic_variables: Strings(&known.variables),
+                override_agent_id: agent,
+                metadata: Metadata {
+                    organization_id: known.org_id(),
+                    lead_id: known.lead_id.map(|l| l.to_string()),
+                    session_id: session,
+                },
+            },
+        })
+    }
+}
+
+#[derive(Serialize)]
+struct Answer<'a> {
+    call_inbound: Inbound<'a>,
+}
+
+#[derive(Serialize)]
+struct Inbound<'a> {
+    dynamic_variables: Strings<'a>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    override_agent_id: Option<&'a str>,
+    metadata: Metadata<'a>,
+}
+
+#[derive(Serialize)]
+struct Metadata<'a> {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    organization_id: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    lead_id: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    session_id: Option<&'a str>,
+}
+
+/// Retell takes only strings: null is empty, anything else its JSON text.
+struct Strings<'a>(&'a Map<String, Value>);
+
+impl Serialize for Strings<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_map(self.0.iter().map(|(k, v)| (k, StringValue(v))))
+    }
+}
+
+struct StringValue<'a>(&'a Value);
+
+impl Serialize for StringValue<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self.0 {
+            Value::String(v) => s.serialize_str(v),
+            Value::Null => s.serialize_str(""),
+            other => s.serialize_str(&other.to_string()),
         }
-        Rendered::json(&json!({ "call_inbound": inbound }))
     }
 }

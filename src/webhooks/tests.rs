@@ -28,8 +28,8 @@ fn known(settings: Value) -> Known {
     finish_variables(&mut variables, "Good morning, Ada!", "+15550200001", true);
     Known {
         outcome: WebhookOutcome::Full,
-        voice: Voice::of(&org),
-        org: Some(org),
+        voice: Voice::of(&org).into(),
+        org: Some(org.into()),
         lead_id: Some(
             "0b8e8a0e-6a5e-4a43-9a8e-1b2b3c4d5e6f"
                 .parse::<LeadId>()

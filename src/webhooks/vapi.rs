@@ -1,7 +1,8 @@
 //! Vapi's server messages: `assistant-request` is the call start, answered with the assistant and
 //! its overrides; every other message type belongs to the handler app.
 
-use serde_json::{json, Value};
+use serde::Serialize;
+use serde_json::{json, Map, Value};
 
 use super::{json_object, sign, str_field, CallStart, Known, Refusal, Rendered};
 use crate::labels::WebhookOutcome;
@@ -98,16 +99,32 @@ impl Vapi {
             .filter(|a| !a.is_empty())
             .or((!default_assistant.is_empty()).then_some(default_assistant));
         match assistant {
-            Some(id) if known.outcome != WebhookOutcome::UnknownNumber => Rendered::json(&json!({
-                "assistantId": id,
-                "assistantOverrides": {
-                    "variableValues": known.variables,
-                    "firstMessage": known.greeting,
-                },
-            })),
+            Some(id) if known.outcome != WebhookOutcome::UnknownNumber => {
+                Rendered::json(&Assistant {
+                    assistant_id: id,
+                    assistant_overrides: Overrides {
+                        variable_values: &known.variables,
+                        first_message: &known.greeting,
+                    },
+                })
+            }
             _ => Rendered::json(&json!({ "error": unknown_number_message })),
         }
     }
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct Assistant<'a> {
+    assistant_id: &'a str,
+    assistant_overrides: Overrides<'a>,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct Overrides<'a> {
+    variable_values: &'a Map<String, Value>,
+    first_message: &'a str,
 }
 
 /// A timestamp in seconds or milliseconds since the epoch, near enough to `now_ms`.

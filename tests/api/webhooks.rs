@@ -440,6 +440,72 @@ async fn a_retell_retry_gets_the_same_answer_and_one_session() {
     );
 }
 
+/// ElevenLabs' answer to a new call from the world's lead.
+async fn known_caller_answer(app: &TestApp, w: &World) -> Value {
+    app.elevenlabs(&w.lead_phone, &w.org_phone, &call_id())
+        .await
+        .body
+}
+
+#[tokio::test]
+async fn an_answer_follows_every_change_to_what_it_was_built_from() {
+    let app = app_with_webhooks().await;
+    let w = world(&app).await;
+    let a = known_caller_answer(&app, &w).await;
+    assert_eq!(a["dynamic_variables"]["first_name"], "Ada");
+    assert_eq!(a["dynamic_variables"]["plan"], "none");
+
+    // Through sidecache: the organization's voice settings, then the lead's name.
+    let p = app
+        .patch(
+            &format!("/v1/organizations/{}", w.org),
+            json!({"settings": {"voice": {"elevenlabs": {"overrides": ["first_message", "language"],
+                "language": "es", "dynamic_variable_defaults": {"plan": "gold"}}}}}),
+        )
+        .await;
+    assert_eq!(p.status, StatusCode::OK, "{}", p.text);
+    let a = known_caller_answer(&app, &w).await;
+    assert_eq!(a["dynamic_variables"]["plan"], "gold");
+    assert_eq!(a["conversation_config_override"]["agent"]["language"], "es");
+    let p = app
+        .patch(
+            &format!("/v1/leads/{}", w.lead),
+            json!({"first_name": "Grace"}),
+        )
+        .await;
+    assert_eq!(p.status, StatusCode::OK, "{}", p.text);
+    let a = known_caller_answer(&app, &w).await;
+    assert_eq!(a["dynamic_variables"]["first_name"], "Grace");
+    assert_eq!(
+        a["conversation_config_override"]["agent"]["first_message"],
+        "Hello Grace, this is Acme Dental."
+    );
+
+    // Plain SQL behind sidecache's back: the change feed drops the entries, and the next answer
+    // is built from the new rows, not from a decoding of the old ones.
+    sqlx::query("UPDATE organizations SET name = 'Acme Smiles' WHERE id = $1::uuid")
+        .bind(&w.org)
+        .execute(&app.db)
+        .await
+        .unwrap();
+    sqlx::query("UPDATE leads SET first_name = 'Hedy' WHERE id = $1::uuid")
+        .bind(&w.lead)
+        .execute(&app.db)
+        .await
+        .unwrap();
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            let a = known_caller_answer(&app, &w).await;
+            a["dynamic_variables"]["first_name"] == "Hedy"
+                && a["dynamic_variables"]["org_name"] == "Acme Smiles"
+                && a["conversation_config_override"]["agent"]["first_message"]
+                    == "Hello Hedy, this is Acme Smiles."
+        })
+        .await,
+        "the answer follows SQL written behind sidecache's back"
+    );
+}
+
 #[tokio::test]
 async fn slow_postgres_answers_the_organization_within_the_deadline() {
     let mut s = test_settings();
