@@ -389,16 +389,17 @@ pub(crate) async fn webhooks(db_url: &str, data: &Dataset, report: &mut Report) 
     drop(sc);
 
     // What opening the session in Redis costs: the same call starts with Redis off (sessions in
-    // process memory), on an instance of their own.
+    // process memory, room for every call start of the window), on an instance of their own.
     let mut off = secrets.to_vec();
     off.push(("REDIS_ENABLED", "false"));
+    off.push(("SIDECACHE__SESSIONS__MEMORY_MAX_ENTRIES", "2000000"));
     let sc = start_sidecache(db_url, "bench-webhooks-off", &off).await;
     warm(&sc.base, &init_path).await;
     let (no_redis, _) = measure_calls(&sc.base, Platform::ElevenLabs, one, "off");
     show("elevenlabs call start, Redis off", &no_redis);
     report.line(
         "sidecache: elevenlabs call start, Redis off",
-        "redis.enabled = false: the session in process memory, not a Redis write",
+        "redis.enabled = false, sessions.memory_max_entries = 2000000: the session in process memory, not a Redis write",
         Some(&no_redis),
         None,
     );

@@ -125,9 +125,17 @@ impl CoherenceSettings {
 
     /// The peer bus's settings; `channel` is `{namespace}:v1:bus`.
     pub fn bus_config(&self, redis: &RedisSettings, channel: String) -> BusConfig {
+        let url = self.bus_url(redis).expose().to_owned();
+        // A bus on its own rediss:// server trusts the same CA as the cache's Redis.
+        let tls_ca = if url.starts_with("rediss://") {
+            redis.remote_config().redis.tls_ca
+        } else {
+            None
+        };
         BusConfig {
             redis: RedisConfig {
-                url: self.bus_url(redis).expose().to_owned(),
+                url,
+                tls_ca,
                 timeout: redis.connect_timeout,
                 connect_timeout: redis.connect_timeout,
                 pool_size: 1,

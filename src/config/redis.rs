@@ -1,6 +1,7 @@
 //! `[redis]`: the second cache tier — where it is, its budgets and its circuit breaker.
 
 use std::num::{NonZeroU32, NonZeroUsize};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -18,6 +19,9 @@ pub struct RedisSettings {
     #[serde(deserialize_with = "typed::flexible_bool")]
     pub enabled: bool,
     pub url: SecretUrl,
+    /// The CA (PEM) that a `rediss://` server's certificate must chain to, instead of the
+    /// system's roots (`tls_ca_file`).
+    pub tls_ca_file: Option<PathBuf>,
     /// Prefix of every key (`{namespace}:v1:`).
     pub namespace: String,
     /// Budget of one operation on the request path (`timeout_ms`).
@@ -45,6 +49,7 @@ impl Default for RedisSettings {
         RedisSettings {
             enabled: true,
             url: SecretUrl::new("redis://127.0.0.1:6379"),
+            tls_ca_file: None,
             namespace: "sidecache".into(),
             timeout: Duration::from_millis(25),
             connect_timeout: Duration::from_millis(500),
@@ -73,6 +78,15 @@ impl RedisSettings {
         }
         ::redis::Client::open(url)
             .map_err(|_| Invalid::new("redis.url", format!("{} cannot be parsed", self.url)))?;
+        if let Some(path) = &self.tls_ca_file {
+            if !url.starts_with("rediss://") {
+                return Err(Invalid::new(
+                    "redis.tls_ca_file",
+                    "is for TLS: redis.url must be a rediss:// URL",
+                ));
+            }
+            read_ca(path)?;
+        }
         let ns = &self.namespace;
         if ns.is_empty()
             || ns.len() > 64
@@ -105,11 +119,12 @@ impl RedisSettings {
         }
     }
 
-    /// The Redis tier's settings.
+    /// The Redis tier's settings (reading `tls_ca_file`, checked by `validate`).
     pub fn remote_config(&self) -> RemoteConfig {
         RemoteConfig {
             redis: RedisConfig {
                 url: self.url.expose().to_owned(),
+                tls_ca: self.tls_ca_file.as_deref().and_then(|p| read_ca(p).ok()),
                 timeout: self.timeout,
                 connect_timeout: self.connect_timeout,
                 pool_size: self.pool_size.get(),
@@ -118,4 +133,24 @@ impl RedisSettings {
             namespace: self.namespace.clone(),
         }
     }
+}
+
+/// A CA file's PEM, or why it cannot be used.
+fn read_ca(path: &std::path::Path) -> Result<Vec<u8>, Invalid> {
+    let pem = std::fs::read(path).map_err(|e| {
+        Invalid::new(
+            "redis.tls_ca_file",
+            format!("{} cannot be read: {e}", path.display()),
+        )
+    })?;
+    if !pem
+        .windows(b"-----BEGIN CERTIFICATE-----".len())
+        .any(|w| w == b"-----BEGIN CERTIFICATE-----")
+    {
+        return Err(Invalid::new(
+            "redis.tls_ca_file",
+            format!("{} holds no PEM certificate", path.display()),
+        ));
+    }
+    Ok(pem)
 }

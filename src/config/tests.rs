@@ -293,3 +293,36 @@ fn the_documented_config_file_matches_the_defaults() {
     let defaults = toml::Table::try_from(Settings::default()).unwrap();
     assert_eq!(documented, defaults);
 }
+
+#[test]
+fn a_redis_ca_file_needs_rediss_and_a_readable_certificate() {
+    let load = |body: &str| {
+        let (d, p) = write_toml(body);
+        let r = Settings::load(Some(&p), &[], &Overrides::default());
+        drop(d);
+        r
+    };
+    let msg = load("[redis]\ntls_ca_file = \"/nonexistent/ca.pem\"\n")
+        .unwrap_err()
+        .to_string();
+    assert!(
+        msg.contains("redis.tls_ca_file") && msg.contains("rediss://"),
+        "{msg}"
+    );
+    let msg =
+        load("[redis]\nurl = \"rediss://localhost:6380\"\ntls_ca_file = \"/nonexistent/ca.pem\"\n")
+            .unwrap_err()
+            .to_string();
+    assert!(
+        msg.contains("redis.tls_ca_file") && msg.contains("cannot be read"),
+        "{msg}"
+    );
+    let (_d, toml) = write_toml("not a certificate");
+    let msg = load(&format!(
+        "[redis]\nurl = \"rediss://localhost:6380\"\ntls_ca_file = \"{}\"\n",
+        toml.display()
+    ))
+    .unwrap_err()
+    .to_string();
+    assert!(msg.contains("no PEM certificate"), "{msg}");
+}

@@ -38,6 +38,7 @@ pub(super) async fn readyz(State(state): State<AppState>) -> Response {
             "redis": {
                 "enabled": r.redis_enabled,
                 "connected": r.redis_connected,
+                "connect_error": r.redis_error,
                 "breaker": r.breaker,
                 "owed_invalidations": r.owed,
             },

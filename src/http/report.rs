@@ -14,6 +14,8 @@ pub(super) struct Report {
     pub(super) pool_idle: usize,
     pub(super) redis_enabled: bool,
     pub(super) redis_connected: bool,
+    /// Why the last attempt to connect to Redis failed, while it is not connected.
+    pub(super) redis_error: Option<String>,
     pub(super) breaker: &'static str,
     /// Invalidations (or a reset) owed to Redis: L2 is bypassed until they land.
     pub(super) owed: bool,
@@ -37,6 +39,7 @@ impl Report {
             pool_idle: state.store.idle_connections(),
             redis_enabled: state.redis_enabled,
             redis_connected: remote.is_some_and(|r| r.is_up()),
+            redis_error: remote.and_then(|r| r.redis().connect_error()),
             breaker: remote.map_or("disabled", |r| r.breaker_state().as_str()),
             owed: remote.is_some_and(|r| r.is_up() && r.owes()),
             l1_enabled: state.cache.local().enabled(),

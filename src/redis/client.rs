@@ -31,6 +31,9 @@ pub enum RedisError {
 #[derive(Debug, Clone)]
 pub struct RedisConfig {
     pub url: String,
+    /// The CA (PEM) a `rediss://` server's certificate must chain to; the system's roots when
+    /// `None`.
+    pub tls_ca: Option<Vec<u8>>,
     /// Budget of one operation on the request path.
     pub timeout: Duration,
     /// Budget of (re)connecting.
@@ -85,25 +88,35 @@ pub struct Redis {
     failures: AtomicU64,
     /// Woken after a failure.
     failed: tokio::sync::Notify,
+    /// Why the last attempt to connect failed (a certificate refused, a password wrong), until
+    /// one succeeds: for `/readyz`.
+    connect_error: std::sync::Mutex<Option<String>>,
 }
 
 impl Redis {
     /// Prepares the connections without opening them; [`Redis::connect`] does that.
     pub fn new(cfg: &RedisConfig, metrics: Arc<Metrics>) -> Result<Self, RedisError> {
-        let client = redis::Client::open(cfg.url.as_str())
-            .map_err(|e| RedisError::Config(format!("redis url: {e}")))?;
-        let mut pool_cfg = deadpool_redis::Config::from_url(cfg.url.clone());
-        pool_cfg.pool = Some(deadpool_redis::PoolConfig {
-            max_size: cfg.pool_size.max(1),
-            timeouts: deadpool_redis::Timeouts {
-                wait: Some(cfg.connect_timeout),
-                create: Some(cfg.connect_timeout),
-                recycle: Some(cfg.connect_timeout),
-            },
-            ..Default::default()
-        });
-        let pool = pool_cfg
-            .create_pool(Some(deadpool_redis::Runtime::Tokio1))
+        let client = match &cfg.tls_ca {
+            None => redis::Client::open(cfg.url.as_str()),
+            Some(ca) => redis::Client::build_with_tls(
+                cfg.url.as_str(),
+                redis::TlsCertificates {
+                    client_tls: None,
+                    root_cert: Some(ca.clone()),
+                },
+            ),
+        }
+        .map_err(|e| RedisError::Config(format!("redis url: {e}")))?;
+        // The pool connects as the client does (its TLS roots included).
+        let manager = deadpool_redis::Manager::new(client.get_connection_info().clone())
+            .map_err(|e| RedisError::Config(format!("redis pool: {e}")))?;
+        let pool = deadpool_redis::Pool::builder(manager)
+            .max_size(cfg.pool_size.max(1))
+            .wait_timeout(Some(cfg.connect_timeout))
+            .create_timeout(Some(cfg.connect_timeout))
+            .recycle_timeout(Some(cfg.connect_timeout))
+            .runtime(deadpool_redis::Runtime::Tokio1)
+            .build()
             .map_err(|e| RedisError::Config(format!("redis pool: {e}")))?;
         Ok(Redis {
             client,
@@ -115,6 +128,7 @@ impl Redis {
             breaker: Breaker::new(cfg.breaker),
             failures: AtomicU64::new(0),
             failed: tokio::sync::Notify::new(),
+            connect_error: std::sync::Mutex::new(None),
         })
     }
 
@@ -141,12 +155,24 @@ impl Redis {
             return Ok(());
         }
         let started = Instant::now();
-        let conn = self.open(self.timeout).await?;
+        let conn = match self.open(self.timeout).await {
+            Ok(c) => c,
+            Err(e) => {
+                *self.connect_error.lock().expect("not poisoned") = Some(e.to_string());
+                return Err(e);
+            }
+        };
+        *self.connect_error.lock().expect("not poisoned") = None;
         self.metrics
             .redis_connected(started.elapsed().as_secs_f64());
         let _ = self.conn.set(conn);
         self.metrics.redis_up.set(i64::from(self.is_up()));
         Ok(())
+    }
+
+    /// Why the last attempt to connect failed, while not connected.
+    pub fn connect_error(&self) -> Option<String> {
+        self.connect_error.lock().expect("not poisoned").clone()
     }
 
     /// True once the shared connection was opened.

@@ -12,6 +12,15 @@ pub struct RedisServer {
     dir: PathBuf,
     child: Mutex<Option<Child>>,
     args: Vec<String>,
+    secure: Option<Secure>,
+}
+
+/// A server that speaks only TLS and knows only one ACL user (the `default` user is off).
+pub struct Secure {
+    /// The CA its certificate chains to.
+    pub ca_file: PathBuf,
+    pub user: String,
+    pub password: String,
 }
 
 impl RedisServer {
@@ -23,6 +32,44 @@ impl RedisServer {
 
     /// The same, with more `redis-server` arguments (e.g. `--maxmemory`).
     pub async fn start_with(args: &[&str]) -> RedisServer {
+        Self::start_inner(args, None).await
+    }
+
+    /// A TLS-only server with `pki`'s certificate, whose only user is `user` with `password`.
+    pub async fn start_secure(pki: &crate::pki::Pki, user: &str, password: &str) -> RedisServer {
+        let cert = pki.cert_file.to_string_lossy().into_owned();
+        let key = pki.key_file.to_string_lossy().into_owned();
+        let ca = pki.ca_file.to_string_lossy().into_owned();
+        let secret = format!(">{password}");
+        let args = [
+            "--tls-cert-file",
+            &cert,
+            "--tls-key-file",
+            &key,
+            "--tls-ca-cert-file",
+            &ca,
+            "--tls-auth-clients",
+            "no",
+            "--user",
+            "default",
+            "off",
+            "--user",
+            user,
+            "on",
+            &secret,
+            "~*",
+            "&*",
+            "+@all",
+        ];
+        let secure = Secure {
+            ca_file: pki.ca_file.clone(),
+            user: user.to_owned(),
+            password: password.to_owned(),
+        };
+        Self::start_inner(&args, Some(secure)).await
+    }
+
+    async fn start_inner(args: &[&str], secure: Option<Secure>) -> RedisServer {
         let port = free_port();
         let dir = std::env::temp_dir().join(format!(
             "sidecache-redis-{port}-{}",
@@ -34,27 +81,51 @@ impl RedisServer {
             dir,
             child: Mutex::new(None),
             args: args.iter().map(|a| a.to_string()).collect(),
+            secure,
         };
         server.spawn().await;
         server
     }
 
+    /// The server's URL; for a secure one `rediss://user:password@localhost:port`.
     pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
+        match &self.secure {
+            None => format!("redis://127.0.0.1:{}", self.port),
+            Some(s) => format!("rediss://{}:{}@localhost:{}", s.user, s.password, self.port),
+        }
+    }
+
+    /// A client for the test's own use (trusting the test's CA).
+    pub fn client(&self) -> redis::Client {
+        match &self.secure {
+            None => redis::Client::open(self.url()).unwrap(),
+            Some(s) => redis::Client::build_with_tls(
+                self.url(),
+                redis::TlsCertificates {
+                    client_tls: None,
+                    root_cert: Some(std::fs::read(&s.ca_file).expect("CA file")),
+                },
+            )
+            .unwrap(),
+        }
     }
 
     /// A connection for assertions and for making faults.
     pub async fn conn(&self) -> redis::aio::MultiplexedConnection {
-        redis::Client::open(self.url())
-            .unwrap()
+        self.client()
             .get_multiplexed_async_connection()
             .await
             .expect("connection to the test's redis-server")
     }
 
     async fn spawn(&self) {
+        let port = self.port.to_string();
+        let (plain, tls) = match self.secure {
+            None => (port.as_str(), "0"),
+            Some(_) => ("0", port.as_str()),
+        };
         let child = Command::new("redis-server")
-            .args(["--port", &self.port.to_string()])
+            .args(["--port", plain, "--tls-port", tls])
             .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
             .arg("--dir")
             .arg(&self.dir)
@@ -65,12 +136,10 @@ impl RedisServer {
             .expect("redis-server on the PATH");
         *self.child.lock().unwrap() = Some(child);
         for _ in 0..200 {
-            if let Ok(c) = redis::Client::open(self.url()) {
-                if let Ok(mut conn) = c.get_multiplexed_async_connection().await {
-                    let pong: Result<String, _> = redis::cmd("PING").query_async(&mut conn).await;
-                    if pong.is_ok() {
-                        return;
-                    }
+            if let Ok(mut conn) = self.client().get_multiplexed_async_connection().await {
+                let pong: Result<String, _> = redis::cmd("PING").query_async(&mut conn).await;
+                if pong.is_ok() {
+                    return;
                 }
             }
             tokio::time::sleep(Duration::from_millis(25)).await;
