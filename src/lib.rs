@@ -7,6 +7,8 @@
 
 /// What each lookup answers, and the call initiation: the read path HTTP and webhooks share.
 pub mod answers;
+/// The consistency auditor: samples cached entries, checks them against Postgres, drops stale ones.
+pub mod audit;
 /// The tiered read-through cache: keys and policies, L1 (moka), L2 (Redis), fencing, coalescing.
 pub mod cache;
 /// Command-line interface: `serve`, `migrate`, `seed`, `check-config`.

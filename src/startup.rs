@@ -11,6 +11,7 @@ use sqlx::{ConnectOptions, Connection};
 use tokio::net::TcpListener;
 
 use crate::answers::Answers;
+use crate::audit::Auditor;
 use crate::cache::{ChannelState, Coherence, Remote, Tiered};
 use crate::config::Settings;
 use crate::http::{self, AppInner, AppState};
@@ -183,8 +184,18 @@ impl Application {
             .as_ref()
             .map(|r| crate::webhooks::Claims::new(r.redis().clone(), r.keys().clone()));
         let health = Arc::new(Health::default());
+        let answers = Answers::new(cache.clone(), store.clone());
+        let auditor = settings.audit.interval().map(|every| {
+            Arc::new(Auditor::new(
+                answers.clone(),
+                cache.clone(),
+                metrics.clone(),
+                every,
+                settings.audit.window,
+            ))
+        });
         let state = AppState(Arc::new(AppInner {
-            answers: Answers::new(cache.clone(), store.clone()),
+            answers,
             cache,
             store,
             invalidator,
@@ -207,6 +218,7 @@ impl Application {
             rate_limits,
             hooks: Arc::new(http::Hooks::new(settings.webhooks.clone(), claims)),
             proxy: http::Proxy::new(&settings.proxy).map(Arc::new),
+            auditor,
         }));
         let addr = settings.server.listen;
         let listener = TcpListener::bind(addr)
@@ -357,6 +369,9 @@ fn spawn_background(state: &AppState, shutdown: Shutdown) -> Vec<tokio::task::Jo
         tasks.extend(bus.spawn(state.invalidator.clone(), shutdown.clone()));
     }
     tasks.push(tokio::spawn(state.events.clone().listen(shutdown.clone())));
+    if let Some(auditor) = &state.auditor {
+        tasks.push(tokio::spawn(auditor.clone().run(shutdown.clone())));
+    }
     {
         // Sessions kept in memory while Redis was away are written back as soon as it answers;
         // the gauges of live sessions are refreshed every few seconds.

@@ -4,6 +4,7 @@
 
 mod initiation;
 mod loaders;
+mod reload;
 mod views;
 
 use std::sync::Arc;

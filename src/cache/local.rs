@@ -101,6 +101,9 @@ impl moka::Expiry<Box<str>, Arc<L1Value>> for PerEntryTtl {
 /// 40-byte key (SipHash was a fiftieth of an L1 hit); keys are built from parsed ids and numbers.
 type KeyHasher = foldhash::quality::RandomState;
 
+/// How far into L1 a sample may reach (a walk of the entries: bounded, so an audit stays cheap).
+const SAMPLE_SPAN: usize = 10_000;
+
 /// The in-process tier.
 pub struct Local {
     cache: Option<Cache<Box<str>, Arc<L1Value>, KeyHasher>>,
@@ -216,6 +219,22 @@ impl Local {
         });
         cache.insert(key.as_str().into(), value).await;
         true
+    }
+
+    /// An entry no invalidation has dropped, with its key's text, picked by `pick` (given how
+    /// many entries there are to choose from, at most [`SAMPLE_SPAN`]): for the consistency
+    /// auditor. Walks the entries up to the pick.
+    pub fn sample(&self, pick: impl FnOnce(usize) -> usize) -> Option<(Arc<Box<str>>, Arc<Entry>)> {
+        let cache = self.cache.as_ref()?;
+        let n = (cache.entry_count() as usize).min(SAMPLE_SPAN);
+        if n == 0 {
+            return None;
+        }
+        cache
+            .iter()
+            .filter(|(_, v)| self.is_current(&v.fence))
+            .nth(pick(n))
+            .map(|(k, v)| (k, v.entry.clone()))
     }
 
     /// Drops a key: bumps its generation first, so a concurrent fill's value is dead on arrival.

@@ -12,6 +12,7 @@
 //! itself into its component's config. This module owns the sources and their precedence.
 
 mod admin;
+mod audit;
 mod cache;
 mod coherence;
 mod log;
@@ -31,6 +32,7 @@ use figment::{Figment, Metadata, Profile, Provider};
 use serde::{Deserialize, Serialize};
 
 pub use admin::AdminSettings;
+pub use audit::AuditSettings;
 pub use cache::{CacheSettings, TtlSettings};
 pub use coherence::CoherenceSettings;
 pub use log::{LogFormat, LogSettings};
@@ -96,6 +98,7 @@ pub struct Settings {
     pub rate_limits: RateLimitSettings,
     pub webhooks: WebhooksSettings,
     pub proxy: ProxySettings,
+    pub audit: AuditSettings,
 }
 
 /// Values given on the command line (highest precedence). `None` = not given.
@@ -258,6 +261,7 @@ impl Settings {
         self.rate_limits.validate()?;
         self.webhooks.validate()?;
         self.proxy.validate()?;
+        self.audit.validate()?;
         self.log.validate()
     }
 

@@ -224,6 +224,20 @@ pub(super) async fn stats(State(state): State<AppState>) -> Response {
     axum::Json(snapshot(&state, None).await).into_response()
 }
 
+/// The consistency auditor: how much it checked, how much it found stale, its last findings.
+fn audit(state: &AppState) -> Value {
+    let Some(auditor) = &state.auditor else {
+        return json!({"enabled": false});
+    };
+    let findings = auditor.findings();
+    json!({
+        "enabled": true,
+        "checked": state.metrics.audit.checked.get(),
+        "stale": state.metrics.audit.stale_total(),
+        "last_findings": findings,
+    })
+}
+
 fn per_kind(counts: &[Counts]) -> Map<String, Value> {
     let mut kinds = Map::new();
     for (kind, c) in Kind::ALL.iter().zip(counts) {
@@ -286,6 +300,7 @@ async fn snapshot(state: &AppState, prev: Option<&mut Option<Snapshot>>) -> Valu
             "in_flight": state.metrics.in_flight.get(),
             "overload_rejections": state.metrics.overload_rejections.get(),
         },
+        "audit": audit(state),
         "redis": {
             "enabled": r.redis_enabled,
             "url": state.redis_url,

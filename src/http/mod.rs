@@ -83,6 +83,8 @@ pub struct AppInner {
     pub hooks: Arc<Hooks>,
     /// The handler app every request sidecache does not answer goes to (`proxy.upstream`).
     pub proxy: Option<Arc<Proxy>>,
+    /// The consistency auditor (`audit.samples_per_sec` > 0).
+    pub auditor: Option<Arc<crate::audit::Auditor>>,
 }
 
 /// Cheaply cloneable handle to the shared state.

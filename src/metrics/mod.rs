@@ -3,6 +3,7 @@
 //! start (at zero) and is resolved once, so counting on a hot path does no label hashing. Call
 //! sites use the typed methods below, never a label string.
 
+mod audit;
 mod edge;
 mod help;
 mod snapshot;
@@ -10,6 +11,7 @@ mod state;
 
 use help::*;
 
+pub use audit::{AuditMetrics, AUDIT_TIERS};
 pub use edge::EdgeMetrics;
 pub use snapshot::{hit_ratio, l1_hit_ratio, quantile, ratio, Counts, Lag, Rates, Snapshot};
 pub use state::StateMetrics;
@@ -92,6 +94,7 @@ pub struct Metrics {
     pub state: StateMetrics,
     /// Webhooks and the proxy.
     pub edge: EdgeMetrics,
+    pub audit: AuditMetrics,
 }
 
 /// Builds families and registers them, panicking only on a programming error in a definition.
@@ -391,9 +394,11 @@ impl Metrics {
         );
         let state = StateMetrics::new(&b);
         let edge = EdgeMetrics::new(&b);
+        let audit = AuditMetrics::new(&b);
         Arc::new(Metrics {
             state,
             edge,
+            audit,
             registry: b.0,
             http_requests,
             http_duration,

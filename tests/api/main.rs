@@ -3,6 +3,7 @@
 #![allow(unreachable_pub)] // test modules share helpers with `pub`; nothing here is a public API
 
 mod admin;
+mod audit;
 mod bad_input;
 mod client;
 mod coherence;

@@ -230,7 +230,7 @@ fn the_alert_rules_pass_promtool_and_their_tests_fire_every_alert() {
         .lines()
         .filter_map(|l| l.trim().strip_prefix("- alert: "))
         .collect();
-    assert_eq!(alerts.len(), 9);
+    assert_eq!(alerts.len(), 10);
     for a in alerts {
         assert!(
             tests.contains(&format!(

@@ -19,6 +19,7 @@
 //! itself): no per-request checkout or PING. The deadpool pool serves control-plane commands.
 
 mod incarnation;
+mod sample;
 mod types;
 
 use incarnation::{candidate as new_incarnation, cause_from_script, Incarnation};
