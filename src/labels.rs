@@ -261,6 +261,8 @@ labels! {
         RateLimit => "rate_limit",
         /// Claiming a call start's answer for the retry window (webhooks).
         CallStart => "call_start",
+        /// `WAIT` for replicas after a state write (Sentinel mode).
+        Replicate => "replicate",
     }
 }
 

@@ -134,6 +134,12 @@ impl CoherenceSettings {
         };
         BusConfig {
             redis: RedisConfig {
+                // The bus follows the Sentinel master too, unless it has a server of its own.
+                sentinel: if self.bus_url.expose().is_empty() {
+                    redis.remote_config().redis.sentinel
+                } else {
+                    None
+                },
                 url,
                 tls_ca,
                 timeout: redis.connect_timeout,

@@ -37,7 +37,7 @@ pub use cache::{CacheSettings, TtlSettings};
 pub use coherence::CoherenceSettings;
 pub use log::{LogFormat, LogSettings};
 pub use postgres::PostgresSettings;
-pub use redis::RedisSettings;
+pub use redis::{RedisMode, RedisSettings};
 pub use secret::{redact_url, Secret, SecretUrl};
 pub use server::ServerSettings;
 pub use state::{EventsSettings, LimitSettings, OnRedisDown, RateLimitSettings, SessionsSettings};

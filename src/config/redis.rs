@@ -8,17 +8,37 @@ use serde::{Deserialize, Serialize};
 
 use super::{typed, Invalid, SecretUrl};
 use crate::cache::RemoteConfig;
-use crate::redis::{BreakerConfig, RedisConfig};
+use crate::redis::{BreakerConfig, RedisConfig, SentinelConfig};
 
 const DEFAULT_POOL_SIZE: NonZeroUsize = NonZeroUsize::new(4).unwrap();
 const DEFAULT_BREAKER_FAILURES: NonZeroU32 = NonZeroU32::new(5).unwrap();
+
+/// How sidecache finds its Redis.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RedisMode {
+    Standalone,
+    Sentinel,
+}
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RedisSettings {
     #[serde(deserialize_with = "typed::flexible_bool")]
     pub enabled: bool,
+    /// `standalone` (`url` names the server) or `sentinel` (the sentinels name the master;
+    /// `url` gives the master's credentials, database and TLS).
+    pub mode: RedisMode,
     pub url: SecretUrl,
+    /// Sentinel mode: the sentinels, each `redis://[user:password@]host:port` with the
+    /// sentinels' own credentials.
+    pub sentinel_urls: Vec<SecretUrl>,
+    /// Sentinel mode: the name the sentinels monitor the master under.
+    pub sentinel_master: String,
+    /// Sentinel mode: replicas that must hold a session, event or rate-limit write before it is
+    /// acknowledged (`WAIT`, within `timeout_ms`); else the write is kept in memory and written
+    /// back. 0 = acknowledge on the master alone (a failover may lose the last writes).
+    pub sentinel_wait_replicas: u32,
     /// The CA (PEM) that a `rediss://` server's certificate must chain to, instead of the
     /// system's roots (`tls_ca_file`).
     pub tls_ca_file: Option<PathBuf>,
@@ -48,7 +68,11 @@ impl Default for RedisSettings {
     fn default() -> Self {
         RedisSettings {
             enabled: true,
+            mode: RedisMode::Standalone,
             url: SecretUrl::new("redis://127.0.0.1:6379"),
+            sentinel_urls: Vec::new(),
+            sentinel_master: "mymaster".into(),
+            sentinel_wait_replicas: 1,
             tls_ca_file: None,
             namespace: "sidecache".into(),
             timeout: Duration::from_millis(25),
@@ -78,6 +102,26 @@ impl RedisSettings {
         }
         ::redis::Client::open(url)
             .map_err(|_| Invalid::new("redis.url", format!("{} cannot be parsed", self.url)))?;
+        if self.mode == RedisMode::Sentinel {
+            if self.sentinel_urls.is_empty() {
+                return Err(Invalid::new(
+                    "redis.sentinel_urls",
+                    "sentinel mode needs at least one sentinel",
+                ));
+            }
+            for u in &self.sentinel_urls {
+                let ok = u.expose().starts_with("redis://") || u.expose().starts_with("rediss://");
+                if !ok || ::redis::Client::open(u.expose()).is_err() {
+                    return Err(Invalid::new(
+                        "redis.sentinel_urls",
+                        format!("{u} is not a redis:// or rediss:// URL"),
+                    ));
+                }
+            }
+            if self.sentinel_master.trim().is_empty() {
+                return Err(Invalid::new("redis.sentinel_master", "must not be empty"));
+            }
+        }
         if let Some(path) = &self.tls_ca_file {
             if !url.starts_with("rediss://") {
                 return Err(Invalid::new(
@@ -125,6 +169,15 @@ impl RedisSettings {
             redis: RedisConfig {
                 url: self.url.expose().to_owned(),
                 tls_ca: self.tls_ca_file.as_deref().and_then(|p| read_ca(p).ok()),
+                sentinel: (self.mode == RedisMode::Sentinel).then(|| SentinelConfig {
+                    urls: self
+                        .sentinel_urls
+                        .iter()
+                        .map(|u| u.expose().to_owned())
+                        .collect(),
+                    master: self.sentinel_master.clone(),
+                    wait_replicas: self.sentinel_wait_replicas,
+                }),
                 timeout: self.timeout,
                 connect_timeout: self.connect_timeout,
                 pool_size: self.pool_size.get(),

@@ -326,3 +326,54 @@ fn a_redis_ca_file_needs_rediss_and_a_readable_certificate() {
     .to_string();
     assert!(msg.contains("no PEM certificate"), "{msg}");
 }
+
+#[test]
+fn sentinel_mode_needs_sentinels_and_a_master_name() {
+    let load = |body: &str| {
+        let (d, p) = write_toml(body);
+        let r = Settings::load(Some(&p), &[], &Overrides::default());
+        drop(d);
+        r
+    };
+    let msg = load("[redis]\nmode = \"sentinel\"\n")
+        .unwrap_err()
+        .to_string();
+    assert!(msg.contains("redis.sentinel_urls"), "{msg}");
+    let msg = load("[redis]\nmode = \"sentinel\"\nsentinel_urls = [\"http://x:26379\"]\n")
+        .unwrap_err()
+        .to_string();
+    assert!(msg.contains("redis.sentinel_urls"), "{msg}");
+    let msg = load(
+        "[redis]\nmode = \"sentinel\"\nsentinel_urls = [\"redis://s1:26379\"]\nsentinel_master = \" \"\n",
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(msg.contains("redis.sentinel_master"), "{msg}");
+    let msg = load("[redis]\nmode = \"cluster\"\n")
+        .unwrap_err()
+        .to_string();
+    assert!(msg.contains("mode"), "{msg}");
+    let ok = load(
+        "[redis]\nmode = \"sentinel\"\nsentinel_urls = [\"redis://:pw@s1:26379\", \"redis://s2:26379\"]\n",
+    )
+    .unwrap();
+    assert_eq!(ok.redis.sentinel_urls.len(), 2);
+    assert!(
+        !ok.to_redacted_toml().contains(":pw@"),
+        "sentinel passwords are redacted"
+    );
+    let (_d, p) = write_toml("");
+    let from_env = Settings::load(
+        Some(&p),
+        &env(&[
+            ("SIDECACHE__REDIS__MODE", "sentinel"),
+            (
+                "SIDECACHE__REDIS__SENTINEL_URLS",
+                "[\"redis://s1:26379\", \"redis://s2:26379\"]",
+            ),
+        ]),
+        &Overrides::default(),
+    )
+    .unwrap();
+    assert_eq!(from_env.redis.sentinel_urls.len(), 2);
+}

@@ -10,22 +10,10 @@ use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
 use redis::{Cmd, Pipeline, RedisFuture, Value};
 
 use super::breaker::{Breaker, BreakerConfig, Transition};
+pub use super::error::RedisError;
+use super::sentinel::{Follow, Master, SentinelConfig};
 use crate::labels::{BreakerState, RedisOp};
 use crate::metrics::Metrics;
-
-/// Why a Redis call did not succeed.
-#[derive(Debug, Clone, thiserror::Error)]
-pub enum RedisError {
-    #[error("redis error: {0}")]
-    Redis(String),
-    #[error("redis operation timed out")]
-    Timeout,
-    /// Not connected yet, or skipped while the breaker is open.
-    #[error("redis is not connected")]
-    Unavailable,
-    #[error("redis configuration: {0}")]
-    Config(String),
-}
 
 /// Where and how to reach Redis.
 #[derive(Debug, Clone)]
@@ -34,6 +22,8 @@ pub struct RedisConfig {
     /// The CA (PEM) a `rediss://` server's certificate must chain to; the system's roots when
     /// `None`.
     pub tls_ca: Option<Vec<u8>>,
+    /// Sentinel mode: the master is the one these sentinels name (`url` gives its credentials).
+    pub sentinel: Option<SentinelConfig>,
     /// Budget of one operation on the request path.
     pub timeout: Duration,
     /// Budget of (re)connecting.
@@ -43,17 +33,31 @@ pub struct RedisConfig {
     pub breaker: BreakerConfig,
 }
 
-/// A connection to Redis: one multiplexed connection that reconnects by itself. An enum so that
-/// the Cluster and Sentinel connections join as variants and every user stays the same.
+/// A connection to Redis: one multiplexed connection that reconnects by itself (to the server
+/// `redis.url` names, or to whichever server the sentinels name master). An enum so that every
+/// user stays the same whatever the mode.
 #[derive(Clone)]
 pub enum Conn {
     Standalone(ConnectionManager),
+    Sentinel(Arc<Follow>),
+}
+
+impl Conn {
+    /// Which underlying connection operations go over now: a write and the `WAIT` after it
+    /// must share one (see [`Redis::replicated`]).
+    pub fn generation(&self) -> u64 {
+        match self {
+            Conn::Standalone(_) => 0,
+            Conn::Sentinel(f) => f.generation(),
+        }
+    }
 }
 
 impl ConnectionLike for Conn {
     fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
         match self {
             Conn::Standalone(c) => c.req_packed_command(cmd),
+            Conn::Sentinel(f) => Box::pin(f.command(cmd)),
         }
     }
 
@@ -65,12 +69,14 @@ impl ConnectionLike for Conn {
     ) -> RedisFuture<'a, Vec<Value>> {
         match self {
             Conn::Standalone(c) => c.req_packed_commands(cmd, offset, count),
+            Conn::Sentinel(f) => Box::pin(f.pipeline(cmd, offset, count)),
         }
     }
 
     fn get_db(&self) -> i64 {
         match self {
             Conn::Standalone(c) => c.get_db(),
+            Conn::Sentinel(f) => f.db(),
         }
     }
 }
@@ -91,6 +97,13 @@ pub struct Redis {
     /// Why the last attempt to connect failed (a certificate refused, a password wrong), until
     /// one succeeds: for `/readyz`.
     connect_error: std::sync::Mutex<Option<String>>,
+    /// Sentinel mode: the current master, and the control pool of the master it was made for.
+    master: Option<Arc<Master>>,
+    watching: std::sync::atomic::AtomicBool,
+    master_pool: std::sync::Mutex<Option<(String, deadpool_redis::Pool)>>,
+    pool_cfg: (usize, Duration),
+    /// Sentinel mode: replicas a state write must reach before it is acknowledged.
+    wait_replicas: u32,
 }
 
 impl Redis {
@@ -107,17 +120,16 @@ impl Redis {
             ),
         }
         .map_err(|e| RedisError::Config(format!("redis url: {e}")))?;
-        // The pool connects as the client does (its TLS roots included).
-        let manager = deadpool_redis::Manager::new(client.get_connection_info().clone())
-            .map_err(|e| RedisError::Config(format!("redis pool: {e}")))?;
-        let pool = deadpool_redis::Pool::builder(manager)
-            .max_size(cfg.pool_size.max(1))
-            .wait_timeout(Some(cfg.connect_timeout))
-            .create_timeout(Some(cfg.connect_timeout))
-            .recycle_timeout(Some(cfg.connect_timeout))
-            .runtime(deadpool_redis::Runtime::Tokio1)
-            .build()
-            .map_err(|e| RedisError::Config(format!("redis pool: {e}")))?;
+        let pool_cfg = (cfg.pool_size.max(1), cfg.connect_timeout);
+        let pool = pool_for(&client, pool_cfg)?;
+        let master = match &cfg.sentinel {
+            Some(s) => Some(Arc::new(Master::new(
+                s,
+                client.get_connection_info().clone(),
+                cfg.connect_timeout,
+            )?)),
+            None => None,
+        };
         Ok(Redis {
             client,
             conn: OnceLock::new(),
@@ -129,6 +141,11 @@ impl Redis {
             failures: AtomicU64::new(0),
             failed: tokio::sync::Notify::new(),
             connect_error: std::sync::Mutex::new(None),
+            master,
+            watching: std::sync::atomic::AtomicBool::new(false),
+            master_pool: std::sync::Mutex::new(None),
+            pool_cfg,
+            wait_replicas: cfg.sentinel.as_ref().map_or(0, |s| s.wait_replicas),
         })
     }
 
@@ -139,6 +156,9 @@ impl Redis {
             .set_response_timeout(Some(response_timeout.max(Duration::from_millis(1))))
             .set_number_of_retries(1)
             .set_max_delay(Duration::from_millis(500));
+        if let Some(master) = &self.master {
+            return self.follow(master, cfg).await;
+        }
         let mgr = tokio::time::timeout(
             self.connect_timeout,
             ConnectionManager::new_with_config(self.client.clone(), cfg),
@@ -147,6 +167,31 @@ impl Redis {
         .map_err(|_| RedisError::Timeout)?
         .map_err(|e| RedisError::Redis(e.to_string()))?;
         Ok(Conn::Standalone(mgr))
+    }
+
+    /// A connection that follows the Sentinel master, checked with a PING; starts watching the
+    /// sentinels the first time.
+    async fn follow(
+        &self,
+        master: &Arc<Master>,
+        cfg: ConnectionManagerConfig,
+    ) -> Result<Conn, RedisError> {
+        if !self.watching.swap(true, Ordering::AcqRel) {
+            tokio::spawn(Master::watch(Arc::downgrade(master)));
+        }
+        if master.client().is_none() {
+            master.refresh().await?;
+        }
+        let conn = Conn::Sentinel(Arc::new(Follow::new(master.clone(), cfg)));
+        let mut ping = conn.clone();
+        tokio::time::timeout(
+            self.connect_timeout,
+            redis::cmd("PING").query_async::<()>(&mut ping),
+        )
+        .await
+        .map_err(|_| RedisError::Timeout)?
+        .map_err(|e| RedisError::Redis(e.to_string()))?;
+        Ok(conn)
     }
 
     /// Tries once to open the shared connection. Later drops are healed by the connection.
@@ -201,7 +246,11 @@ impl Redis {
 
     /// A subscriber connection (pub/sub needs one of its own).
     pub async fn pubsub(&self) -> Result<redis::aio::PubSub, RedisError> {
-        let connect = self.client.get_async_pubsub();
+        let client = match &self.master {
+            Some(m) => m.client().ok_or(RedisError::Unavailable)?,
+            None => self.client.clone(),
+        };
+        let connect = client.get_async_pubsub();
         match tokio::time::timeout(self.connect_timeout, connect).await {
             Ok(Ok(p)) => Ok(p),
             Ok(Err(e)) => Err(RedisError::Redis(e.to_string())),
@@ -211,20 +260,78 @@ impl Redis {
 
     /// A control-plane connection from the pool (SCAN, UNLINK: off the request path).
     pub async fn control(&self) -> Result<deadpool_redis::Connection, RedisError> {
-        self.pool
-            .get()
+        let pool = match &self.master {
+            None => self.pool.clone(),
+            Some(m) => {
+                let client = m.client().ok_or(RedisError::Unavailable)?;
+                let at = format!("{:?}", client.get_connection_info().addr());
+                let mut kept = self.master_pool.lock().expect("not poisoned");
+                match &*kept {
+                    Some((k, p)) if *k == at => p.clone(),
+                    _ => {
+                        let p = pool_for(&client, self.pool_cfg)?;
+                        *kept = Some((at, p.clone()));
+                        p
+                    }
+                }
+            }
+        };
+        pool.get()
             .await
             .map_err(|e| RedisError::Redis(e.to_string()))
     }
 
-    /// Operations that failed so far.
+    /// Operations that failed so far, and changes of the Sentinel master (each a possible loss
+    /// of state, like a failure).
     pub fn failures(&self) -> u64 {
-        self.failures.load(Ordering::Acquire)
+        let switches = self
+            .master
+            .as_ref()
+            .map_or(0, |m| m.switches.load(Ordering::Acquire));
+        self.failures.load(Ordering::Acquire) + switches
     }
 
-    /// Completes after an operation failed.
+    /// After a state write (session, event, rate limit) on `conn`: in Sentinel mode, waits until
+    /// `wait_replicas` replicas have it (`WAIT`), so a failover cannot lose what is acknowledged;
+    /// fewer in time is an error (the caller keeps the write in memory and writes it back).
+    /// `generation` is `conn.generation()` taken before the write.
+    pub async fn replicated(&self, conn: &mut Conn, generation: u64) -> Result<(), RedisError> {
+        let want = self.wait_replicas;
+        if want == 0 {
+            return Ok(());
+        }
+        let mut cmd = redis::cmd("WAIT");
+        cmd.arg(want).arg(self.timeout.as_millis().max(1) as u64);
+        let got: u32 = self.run(RedisOp::Replicate, cmd.query_async(conn)).await?;
+        // A new connection (a new master) between the write and the WAIT: the count says
+        // nothing about the write.
+        let got = if conn.generation() == generation {
+            got
+        } else {
+            0
+        };
+        if got < want {
+            self.failures.fetch_add(1, Ordering::AcqRel);
+            self.failed.notify_one();
+            if let Some(m) = &self.master {
+                m.poke();
+            }
+            return Err(RedisError::Redis(format!(
+                "the write reached {got} of {want} replicas in time"
+            )));
+        }
+        Ok(())
+    }
+
+    /// Completes after an operation failed or the master changed.
     pub async fn failed(&self) {
-        self.failed.notified().await;
+        match &self.master {
+            None => self.failed.notified().await,
+            Some(m) => tokio::select! {
+                _ = self.failed.notified() => {}
+                _ = m.switched.notified() => {}
+            },
+        }
     }
 
     /// Wakes whoever waits in [`Redis::failed`].
@@ -302,4 +409,21 @@ impl Redis {
             BreakerState::Closed => tracing::info!("redis circuit breaker closed: L2 in use again"),
         }
     }
+}
+
+/// A control-plane pool connecting as `client` does (its TLS roots included).
+fn pool_for(
+    client: &redis::Client,
+    (size, timeout): (usize, Duration),
+) -> Result<deadpool_redis::Pool, RedisError> {
+    let manager = deadpool_redis::Manager::new(client.get_connection_info().clone())
+        .map_err(|e| RedisError::Config(format!("redis pool: {e}")))?;
+    deadpool_redis::Pool::builder(manager)
+        .max_size(size)
+        .wait_timeout(Some(timeout))
+        .create_timeout(Some(timeout))
+        .recycle_timeout(Some(timeout))
+        .runtime(deadpool_redis::Runtime::Tokio1)
+        .build()
+        .map_err(|e| RedisError::Config(format!("redis pool: {e}")))
 }

@@ -187,6 +187,7 @@ impl RateLimiter {
         cost: u32,
     ) -> Result<Decision, crate::redis::RedisError> {
         let mut conn = redis.conn()?;
+        let generation = conn.generation();
         let mut inv = self.script.prepare_invoke();
         inv.key(keys.rate_limit(name, key))
             .arg(cfg.interval_us())
@@ -195,6 +196,7 @@ impl RateLimiter {
         let (allowed, remaining, reset_us, retry_us): (i64, i64, u64, u64) = redis
             .run(RedisOp::RateLimit, inv.invoke_async(&mut conn))
             .await?;
+        redis.replicated(&mut conn, generation).await?;
         Ok(Decision {
             allowed: allowed == 1,
             limit: cfg.limit,

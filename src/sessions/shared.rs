@@ -243,6 +243,7 @@ impl Shared {
         ttl_ms: i64,
     ) -> Result<Written, RedisError> {
         let mut conn = self.redis.conn()?;
+        let generation = conn.generation();
         let mut inv = self.write.prepare_invoke();
         inv.key(self.keys.session(id))
             .key(self.keys.session_ids())
@@ -257,6 +258,7 @@ impl Shared {
             .redis
             .run(RedisOp::SessionWrite, inv.invoke_async(&mut conn))
             .await?;
+        self.redis.replicated(&mut conn, generation).await?;
         Ok(match out.as_slice() {
             [1, v, created, live] => Written::Yes {
                 version: *v as u64,
@@ -277,6 +279,7 @@ impl Shared {
         ttl_ms: i64,
     ) -> Result<Option<Doc>, RedisError> {
         let mut conn = self.redis.conn()?;
+        let generation = conn.generation();
         let mut inv = self.touch.prepare_invoke();
         inv.key(self.keys.session(id))
             .key(self.keys.session_expiries())
@@ -288,6 +291,7 @@ impl Shared {
             .redis
             .run(RedisOp::SessionWrite, inv.invoke_async(&mut conn))
             .await?;
+        self.redis.replicated(&mut conn, generation).await?;
         Ok(out.as_deref().and_then(doc_of))
     }
 
@@ -298,6 +302,7 @@ impl Shared {
         now_ms: i64,
     ) -> Result<Deleted, RedisError> {
         let mut conn = self.redis.conn()?;
+        let generation = conn.generation();
         let mut inv = self.delete.prepare_invoke();
         inv.key(self.keys.session(id))
             .key(self.keys.session_ids())
@@ -309,6 +314,7 @@ impl Shared {
             .redis
             .run(RedisOp::SessionWrite, inv.invoke_async(&mut conn))
             .await?;
+        self.redis.replicated(&mut conn, generation).await?;
         Ok(match out.as_slice() {
             [1, ..] => Deleted::Yes,
             [-1, cur] => Deleted::Mismatch {
@@ -333,6 +339,7 @@ impl Shared {
             Replay::Touch => ("touch", ""),
         };
         let mut conn = self.redis.conn()?;
+        let generation = conn.generation();
         let mut inv = self.write_back.prepare_invoke();
         inv.key(self.keys.session(id))
             .key(self.keys.session_ids())
@@ -348,6 +355,7 @@ impl Shared {
             .redis
             .run(RedisOp::SessionWrite, inv.invoke_async(&mut conn))
             .await?;
+        self.redis.replicated(&mut conn, generation).await?;
         Ok(match out {
             1 => Replayed::Applied,
             2 => Replayed::Expired,

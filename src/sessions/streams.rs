@@ -196,6 +196,7 @@ impl RedisStreams {
         channel: &str,
     ) -> Result<Event, RedisError> {
         let mut conn = redis.conn()?;
+        let generation = conn.generation();
         let mut inv = self.add.prepare_invoke();
         inv.key(key)
             .key(trim_mark(key))
@@ -208,6 +209,7 @@ impl RedisStreams {
         let id: String = redis
             .run(RedisOp::StreamAdd, inv.invoke_async(&mut conn))
             .await?;
+        redis.replicated(&mut conn, generation).await?;
         Ok(Event {
             id,
             kind: kind.to_owned(),

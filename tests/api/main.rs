@@ -27,6 +27,8 @@ mod redis_server;
 mod relay;
 mod resilience;
 mod secure;
+mod sentinel;
+mod sentinel_set;
 mod sessions;
 mod spawn;
 mod upstream;
