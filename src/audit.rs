@@ -47,7 +47,13 @@ pub struct Auditor {
     every: Duration,
     window: Duration,
     findings: Mutex<VecDeque<Finding>>,
+    /// Checks under way (a disagreement waits out its window): bounded, so the auditor never
+    /// competes with requests for more than a few Postgres connections.
+    checks: Arc<tokio::sync::Semaphore>,
 }
+
+/// Checks under way at most.
+const CHECKS_AT_ONCE: usize = 4;
 
 /// Where an entry was sampled.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -102,6 +108,7 @@ impl Auditor {
             every,
             window,
             findings: Mutex::new(VecDeque::new()),
+            checks: Arc::new(tokio::sync::Semaphore::new(CHECKS_AT_ONCE)),
         }
     }
 
@@ -128,6 +135,10 @@ impl Auditor {
                 _ = tick.tick() => {}
                 _ = shutdown.recv() => break,
             }
+            // Every check slot busy: this sample is skipped.
+            let Ok(slot) = self.checks.clone().try_acquire_owned() else {
+                continue;
+            };
             let sample = match tier {
                 Tier::L1 => self.sample_l1(),
                 Tier::L2 => self.sample_l2(&mut cursor).await,
@@ -140,6 +151,7 @@ impl Auditor {
                         _ = me.check(tier, key, entry) => {}
                         _ = stop.recv() => {}
                     }
+                    drop(slot);
                 });
             }
             tier = match tier {

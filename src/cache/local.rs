@@ -232,6 +232,7 @@ impl Local {
         }
         cache
             .iter()
+            .take(SAMPLE_SPAN)
             .filter(|(_, v)| self.is_current(&v.fence))
             .nth(pick(n))
             .map(|(k, v)| (k, v.entry.clone()))

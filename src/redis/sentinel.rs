@@ -15,8 +15,10 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock, Weak};
 use std::time::Duration;
 
-use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
-use redis::{Client, ConnectionAddr, ConnectionInfo, IntoConnectionInfo, RedisResult};
+use redis::aio::{ConnectionLike, MultiplexedConnection};
+use redis::{
+    AsyncConnectionConfig, Client, ConnectionAddr, ConnectionInfo, IntoConnectionInfo, RedisResult,
+};
 use tokio::sync::{watch, Notify};
 
 use super::error::RedisError;
@@ -78,6 +80,19 @@ impl Master {
         self.current.borrow().as_ref().map(|(_, _, c)| c.clone())
     }
 
+    /// The master's address and client, once one was found.
+    pub(super) fn current(&self) -> Option<(String, u16, Client)> {
+        self.current.borrow().clone()
+    }
+
+    /// Whether the sentinels (asked now) still name `at` the master: a write that no replica
+    /// confirmed stands if its server is still the master, and is lost if it was demoted.
+    pub(super) async fn still_master(&self, at: &(String, u16)) -> bool {
+        let named = self.find().await;
+        self.poke();
+        matches!(named, Ok((h, p)) if h == at.0 && p == at.1)
+    }
+
     pub(super) fn subscribe(&self) -> watch::Receiver<Option<(String, u16, Client)>> {
         self.current.subscribe()
     }
@@ -92,9 +107,15 @@ impl Master {
         if self.refreshing.swap(true, Ordering::AcqRel) {
             return Ok(false);
         }
-        let out = self.find().await;
-        self.refreshing.store(false, Ordering::Release);
-        let (host, port) = out?;
+        /// Clears the flag however the refresh ends (an error, or a caller's timeout).
+        struct Clear<'a>(&'a AtomicBool);
+        impl Drop for Clear<'_> {
+            fn drop(&mut self) {
+                self.0.store(false, Ordering::Release);
+            }
+        }
+        let _clear = Clear(&self.refreshing);
+        let (host, port) = self.find().await?;
         let same = matches!(&*self.current.borrow(), Some((h, p, _)) if *h == host && *p == port);
         if same {
             return Ok(false);
@@ -185,8 +206,10 @@ impl Master {
             if let Err(e) = m.refresh().await {
                 tracing::debug!(error = %e, "sentinel refresh failed");
             }
+            // At most ten refreshes a second, however many operations fail meanwhile.
+            tokio::time::sleep(Duration::from_millis(100)).await;
             let poked = async { m.poked.notified().await };
-            let _ = tokio::time::timeout(Duration::from_secs(1), poked).await;
+            let _ = tokio::time::timeout(Duration::from_millis(900), poked).await;
         }
     }
 }
@@ -199,25 +222,33 @@ fn follows_failover(e: &redis::RedisError) -> bool {
         || e.to_string().contains("READONLY")
 }
 
-/// A connection that follows the master: one reconnecting multiplexed connection to the
-/// current master, replaced when the master changes.
+/// A connection in use: to which server, and its generation.
+type Current = (MultiplexedConnection, (String, u16), u64);
+
+/// A connection that follows the master: one multiplexed connection to the current master,
+/// replaced when the master changes or the connection fails. It never reconnects behind its
+/// own back (no `ConnectionManager`): every new TCP connection is a new generation, so a write
+/// and the `WAIT` after it are known to have shared one.
 pub struct Follow {
     master: Arc<Master>,
-    cfg: ConnectionManagerConfig,
+    cfg: AsyncConnectionConfig,
     seen: Mutex<watch::Receiver<Option<(String, u16, Client)>>>,
-    conn: RwLock<Option<ConnectionManager>>,
-    /// Connections made so far: a write and the `WAIT` after it must share one.
+    /// The connection, the server it goes to, and its generation.
+    conn: RwLock<Option<Current>>,
+    /// Connections made so far.
     made: AtomicU64,
     db: i64,
 }
 
 impl Follow {
-    pub(super) fn new(master: Arc<Master>, cfg: ConnectionManagerConfig) -> Self {
+    pub(super) fn new(master: Arc<Master>, connect: Duration, response: Duration) -> Self {
         let db = master.node.redis_settings().db();
         let seen = Mutex::new(master.subscribe());
         Follow {
             master,
-            cfg,
+            cfg: AsyncConnectionConfig::new()
+                .set_connection_timeout(Some(connect))
+                .set_response_timeout(Some(response)),
             seen,
             conn: RwLock::new(None),
             made: AtomicU64::new(0),
@@ -225,40 +256,48 @@ impl Follow {
         }
     }
 
-    /// The connection to the current master (a new one after a change of master).
-    async fn current(&self) -> RedisResult<ConnectionManager> {
+    /// The connection to the current master (a new one after a change of master or a failure).
+    async fn current(&self) -> RedisResult<MultiplexedConnection> {
         let moved = {
             let mut seen = self.seen.lock().expect("not poisoned");
-            if seen.has_changed().unwrap_or(false) {
-                Some(seen.borrow_and_update().as_ref().map(|(_, _, c)| c.clone()))
-            } else {
-                None
+            let moved = seen.has_changed().unwrap_or(false);
+            if moved {
+                seen.borrow_and_update();
             }
+            moved
         };
-        let client = match moved {
-            Some(client) => client,
-            None => {
-                if let Some(c) = self.conn.read().expect("not poisoned").clone() {
-                    return Ok(c);
-                }
-                self.master.client()
-            }
-        };
-        let Some(client) = client else {
+        if moved {
+            // Whatever happens next, the old server's connection is not used again.
+            *self.conn.write().expect("not poisoned") = None;
+        } else if let Some((c, _, _)) = self.conn.read().expect("not poisoned").as_ref() {
+            return Ok(c.clone());
+        }
+        let Some((host, port, client)) = self.master.current() else {
             return Err(redis::RedisError::from((
                 redis::ErrorKind::Io,
                 "no master known yet",
             )));
         };
-        let mgr = ConnectionManager::new_with_config(client, self.cfg.clone()).await?;
-        *self.conn.write().expect("not poisoned") = Some(mgr.clone());
-        self.made.fetch_add(1, Ordering::AcqRel);
-        Ok(mgr)
+        let c = client
+            .get_multiplexed_async_connection_with_config(&self.cfg)
+            .await?;
+        let generation = self.made.fetch_add(1, Ordering::AcqRel) + 1;
+        *self.conn.write().expect("not poisoned") = Some((c.clone(), (host, port), generation));
+        Ok(c)
     }
 
-    /// Which connection operations go over now (changes when the master does).
+    /// The generation of the connection in use and the server it goes to.
+    pub(super) fn server(&self) -> Option<((String, u16), u64)> {
+        self.conn
+            .read()
+            .expect("not poisoned")
+            .as_ref()
+            .map(|(_, at, g)| (at.clone(), *g))
+    }
+
+    /// Which connection operations go over now (a new one after any reconnect).
     pub(super) fn generation(&self) -> u64 {
-        self.made.load(Ordering::Acquire)
+        self.server().map_or(0, |(_, g)| g)
     }
 
     pub(super) fn db(&self) -> i64 {

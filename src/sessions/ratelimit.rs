@@ -186,7 +186,7 @@ impl RateLimiter {
         cfg: LimitConfig,
         cost: u32,
     ) -> Result<Decision, crate::redis::RedisError> {
-        let mut conn = redis.conn()?;
+        let mut conn = redis.state_conn()?;
         let generation = conn.generation();
         let mut inv = self.script.prepare_invoke();
         inv.key(keys.rate_limit(name, key))

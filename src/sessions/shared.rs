@@ -242,7 +242,7 @@ impl Shared {
         now_ms: i64,
         ttl_ms: i64,
     ) -> Result<Written, RedisError> {
-        let mut conn = self.redis.conn()?;
+        let mut conn = self.redis.state_conn()?;
         let generation = conn.generation();
         let mut inv = self.write.prepare_invoke();
         inv.key(self.keys.session(id))
@@ -278,7 +278,7 @@ impl Shared {
         now_ms: i64,
         ttl_ms: i64,
     ) -> Result<Option<Doc>, RedisError> {
-        let mut conn = self.redis.conn()?;
+        let mut conn = self.redis.state_conn()?;
         let generation = conn.generation();
         let mut inv = self.touch.prepare_invoke();
         inv.key(self.keys.session(id))
@@ -301,7 +301,7 @@ impl Shared {
         expect: Option<u64>,
         now_ms: i64,
     ) -> Result<Deleted, RedisError> {
-        let mut conn = self.redis.conn()?;
+        let mut conn = self.redis.state_conn()?;
         let generation = conn.generation();
         let mut inv = self.delete.prepare_invoke();
         inv.key(self.keys.session(id))
@@ -338,7 +338,7 @@ impl Shared {
             Replay::Delete => ("delete", ""),
             Replay::Touch => ("touch", ""),
         };
-        let mut conn = self.redis.conn()?;
+        let mut conn = self.redis.state_conn()?;
         let generation = conn.generation();
         let mut inv = self.write_back.prepare_invoke();
         inv.key(self.keys.session(id))

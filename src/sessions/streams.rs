@@ -195,7 +195,7 @@ impl RedisStreams {
         retention_ms: u64,
         channel: &str,
     ) -> Result<Event, RedisError> {
-        let mut conn = redis.conn()?;
+        let mut conn = redis.state_conn()?;
         let generation = conn.generation();
         let mut inv = self.add.prepare_invoke();
         inv.key(key)
