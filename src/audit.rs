@@ -7,7 +7,8 @@
 //! invalidation is on its way looks the same. After `audit.window_ms` the entry is read again
 //! from the same tier; if the tier still holds those very bytes and Postgres still disagrees
 //! with them, the entry is stale — counted (`sidecache_audit_stale_total{kind,tier}`), logged
-//! with its key, dropped from both tiers, and kept among the last findings for `/admin/stats`.
+//! with its key, dropped from both tiers here and (over the bus) from every peer's L1, and
+//! kept among the last findings for `/admin/stats`.
 //! Greetings are not checked: they are rendered for the time of day, so a correct one differs
 //! from a fresh rendering whenever the hour turns (their TTL bounds them instead).
 
@@ -19,7 +20,8 @@ use rand::Rng;
 use serde::Serialize;
 
 use crate::answers::Answers;
-use crate::cache::{CacheKey, Deletion, Entry, Kind, Loaded, Marker, Tiered};
+use crate::cache::{CacheKey, Deletion, Entry, Kind, Loaded, Tiered};
+use crate::invalidation::Invalidator;
 use crate::lifecycle::Shutdown;
 use crate::metrics::{Metrics, AUDIT_TIERS};
 
@@ -42,6 +44,8 @@ pub struct Finding {
 pub struct Auditor {
     answers: Answers,
     cache: Arc<Tiered>,
+    /// Drops a stale entry from both tiers here and, over the bus, from every peer's L1.
+    invalidator: Invalidator,
     metrics: Arc<Metrics>,
     /// Between two samples.
     every: Duration,
@@ -96,14 +100,15 @@ impl Fresh {
 impl Auditor {
     pub fn new(
         answers: Answers,
-        cache: Arc<Tiered>,
+        invalidator: Invalidator,
         metrics: Arc<Metrics>,
         every: Duration,
         window: Duration,
     ) -> Self {
         Auditor {
             answers,
-            cache,
+            cache: invalidator.cache().clone(),
+            invalidator,
             metrics,
             every,
             window,
@@ -256,7 +261,7 @@ impl Auditor {
             keys: vec![key.clone()],
             tags: Vec::new(),
         };
-        if let Err(e) = self.cache.invalidate(deletion, Marker::None).await {
+        if let Err(e) = self.invalidator.admin(deletion).await {
             tracing::warn!(key = %finding.key, error = %e, "the stale entry could not be dropped from Redis");
         }
         let mut findings = self.findings.lock().expect("not poisoned");

@@ -188,7 +188,7 @@ impl Application {
         let auditor = settings.audit.interval().map(|every| {
             Arc::new(Auditor::new(
                 answers.clone(),
-                cache.clone(),
+                invalidator.clone(),
                 metrics.clone(),
                 every,
                 settings.audit.window,

@@ -123,6 +123,11 @@ async fn the_auditor_finds_a_stale_entry_planted_in_redis_and_drops_it() {
     assert_eq!(planted.cache(), "HIT-L2");
     assert_ne!(planted.body["first_name"], "Grace", "the plant is served");
     app.flush_l1();
+    // A peer (auditing nothing itself) takes the stale value into its L1.
+    let peer = app.spawn_peer(|s| s.audit.samples_per_sec = 0.0).await;
+    let held = peer.get(&format!("/v1/leads/{l}")).await;
+    assert_ne!(held.body["first_name"], "Grace");
+    assert_eq!(peer.get(&format!("/v1/leads/{l}")).await.cache(), "HIT-L1");
 
     assert!(
         eventually(Duration::from_secs(20), || async {
@@ -149,4 +154,11 @@ async fn the_auditor_finds_a_stale_entry_planted_in_redis_and_drops_it() {
     assert_ne!(f["cached_etag"], f["postgres_etag"]);
     let fresh = app.get(&format!("/v1/leads/{l}")).await;
     assert_eq!(fresh.body["first_name"], "Grace", "answers are right again");
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            peer.get(&format!("/v1/leads/{l}")).await.body["first_name"] == "Grace"
+        })
+        .await,
+        "the peer's L1 copy was dropped over the bus"
+    );
 }
