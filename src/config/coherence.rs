@@ -127,19 +127,19 @@ impl CoherenceSettings {
     pub fn bus_config(&self, redis: &RedisSettings, channel: String) -> BusConfig {
         let url = self.bus_url(redis).expose().to_owned();
         // A bus on its own rediss:// server trusts the same CA as the cache's Redis.
-        let tls_ca = if url.starts_with("rediss://") {
-            redis.remote_config().redis.tls_ca
-        } else {
-            None
-        };
+        let tls_ca = url
+            .starts_with("rediss://")
+            .then(|| redis.tls_ca())
+            .flatten();
         BusConfig {
             redis: RedisConfig {
                 // The bus follows the Sentinel master too, unless it has a server of its own.
-                sentinel: if self.bus_url.expose().is_empty() {
-                    redis.remote_config().redis.sentinel
-                } else {
-                    None
-                },
+                sentinel: self
+                    .bus_url
+                    .expose()
+                    .is_empty()
+                    .then(|| redis.sentinel())
+                    .flatten(),
                 url,
                 tls_ca,
                 timeout: redis.connect_timeout,

@@ -163,21 +163,31 @@ impl RedisSettings {
         }
     }
 
-    /// The Redis tier's settings (reading `tls_ca_file`, checked by `validate`).
+    /// The CA's PEM (reading `tls_ca_file`, checked by `validate`).
+    pub fn tls_ca(&self) -> Option<Vec<u8>> {
+        self.tls_ca_file.as_deref().and_then(|p| read_ca(p).ok())
+    }
+
+    /// Where the sentinels are, in sentinel mode.
+    pub fn sentinel(&self) -> Option<SentinelConfig> {
+        (self.mode == RedisMode::Sentinel).then(|| SentinelConfig {
+            urls: self
+                .sentinel_urls
+                .iter()
+                .map(|u| u.expose().to_owned())
+                .collect(),
+            master: self.sentinel_master.clone(),
+            wait_replicas: self.sentinel_wait_replicas,
+        })
+    }
+
+    /// The Redis tier's settings.
     pub fn remote_config(&self) -> RemoteConfig {
         RemoteConfig {
             redis: RedisConfig {
                 url: self.url.expose().to_owned(),
-                tls_ca: self.tls_ca_file.as_deref().and_then(|p| read_ca(p).ok()),
-                sentinel: (self.mode == RedisMode::Sentinel).then(|| SentinelConfig {
-                    urls: self
-                        .sentinel_urls
-                        .iter()
-                        .map(|u| u.expose().to_owned())
-                        .collect(),
-                    master: self.sentinel_master.clone(),
-                    wait_replicas: self.sentinel_wait_replicas,
-                }),
+                tls_ca: self.tls_ca(),
+                sentinel: self.sentinel(),
                 timeout: self.timeout,
                 connect_timeout: self.connect_timeout,
                 pool_size: self.pool_size.get(),

@@ -46,10 +46,7 @@ impl Conn {
     /// Which underlying connection operations go over now: a write and the `WAIT` after it
     /// must share one (see [`Redis::replicated`]).
     pub fn generation(&self) -> u64 {
-        match self {
-            Conn::Standalone(_) => 0,
-            Conn::Sentinel(f) => f.generation(),
-        }
+        self.server().map_or(0, |(_, g)| g)
     }
 
     /// The server a Sentinel connection goes to now, with its generation.
@@ -162,14 +159,14 @@ impl Redis {
 
     /// Opens a new connection that reconnects by itself, with these budgets.
     pub async fn open(&self, response_timeout: Duration) -> Result<Conn, RedisError> {
+        if let Some(master) = &self.master {
+            return self.follow(master, response_timeout).await;
+        }
         let cfg = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(self.connect_timeout))
             .set_response_timeout(Some(response_timeout.max(Duration::from_millis(1))))
             .set_number_of_retries(1)
             .set_max_delay(Duration::from_millis(500));
-        if let Some(master) = &self.master {
-            return self.follow(master, response_timeout).await;
-        }
         let mgr = tokio::time::timeout(
             self.connect_timeout,
             ConnectionManager::new_with_config(self.client.clone(), cfg),

@@ -77,7 +77,7 @@ impl Master {
 
     /// The master's client, once one was found.
     pub(super) fn client(&self) -> Option<Client> {
-        self.current.borrow().as_ref().map(|(_, _, c)| c.clone())
+        self.current().map(|(_, _, c)| c)
     }
 
     /// The master's address and client, once one was found.
@@ -293,11 +293,6 @@ impl Follow {
             .expect("not poisoned")
             .as_ref()
             .map(|(_, at, g)| (at.clone(), *g))
-    }
-
-    /// Which connection operations go over now (a new one after any reconnect).
-    pub(super) fn generation(&self) -> u64 {
-        self.server().map_or(0, |(_, g)| g)
     }
 
     pub(super) fn db(&self) -> i64 {

@@ -118,6 +118,16 @@ impl RedisServer {
             .expect("connection to the test's redis-server")
     }
 
+    /// The keys matching `pattern` (KEYS: a test server holds few).
+    pub async fn keys(&self, pattern: &str) -> Vec<String> {
+        let mut c = self.conn().await;
+        redis::cmd("KEYS")
+            .arg(pattern)
+            .query_async(&mut c)
+            .await
+            .unwrap()
+    }
+
     async fn spawn(&self) {
         let port = self.port.to_string();
         let (plain, tls) = match self.secure {

@@ -23,12 +23,7 @@ const USER: &str = "sidecache";
 const PASSWORD: &str = "acl-password-0123";
 
 async fn keys_in(server: &RedisServer, namespace: &str) -> Vec<String> {
-    let mut conn = server.conn().await;
-    redis::cmd("KEYS")
-        .arg(format!("{namespace}:*"))
-        .query_async(&mut conn)
-        .await
-        .unwrap()
+    server.keys(&format!("{namespace}:*")).await
 }
 
 /// A lookup answered by Postgres, then by L2 once L1 is dropped.

@@ -54,12 +54,7 @@ async fn sentinel_failover_is_followed_and_treated_as_a_loss() {
     let put = put_session(&app, "call:before", 1).await;
     assert!(put.status.is_success(), "{}", put.text);
     assert_eq!(put.header("x-session-store"), Some("redis"));
-    let mut master = set.master.conn().await;
-    let keys: Vec<String> = redis::cmd("KEYS")
-        .arg(format!("{}:*", app.namespace))
-        .query_async(&mut master)
-        .await
-        .unwrap();
+    let keys = set.master.keys(&format!("{}:*", app.namespace)).await;
     assert!(!keys.is_empty(), "written on the sentinels' master");
     let resets = || async {
         app.metric(
@@ -106,11 +101,7 @@ async fn sentinel_failover_is_followed_and_treated_as_a_loss() {
         let s = app.get(&format!("/v1/sessions/{id}")).await;
         assert_eq!(s.status, StatusCode::OK, "{id}: {}", s.text);
         assert_eq!(s.body["data"]["turn"], *turn, "{id}");
-        let on_new: Vec<String> = redis::cmd("KEYS")
-            .arg(format!("{}:*{id}", app.namespace))
-            .query_async(&mut promoted)
-            .await
-            .unwrap();
+        let on_new = set.replica.keys(&format!("{}:*{id}", app.namespace)).await;
         assert!(!on_new.is_empty(), "{id} is on the promoted master");
     }
 
