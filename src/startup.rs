@@ -160,7 +160,10 @@ impl Application {
         let shared_redis = remote
             .as_ref()
             .map(|r| (r.redis().clone(), r.keys().clone()));
-        let keys = crate::redis::Keys::new(&settings.redis.namespace);
+        let keys = shared_redis.as_ref().map_or_else(
+            || crate::redis::Keys::new(&settings.redis.namespace),
+            |(_, k)| k.clone(),
+        );
         let sessions = Arc::new(Sessions::new(
             settings.sessions.config(),
             shared_redis.clone(),

@@ -126,20 +126,18 @@ impl CoherenceSettings {
     /// The peer bus's settings; `channel` is `{namespace}:v1:bus`.
     pub fn bus_config(&self, redis: &RedisSettings, channel: String) -> BusConfig {
         let url = self.bus_url(redis).expose().to_owned();
-        // A bus on its own rediss:// server trusts the same CA as the cache's Redis.
-        let tls_ca = url
-            .starts_with("rediss://")
+        let own_server = !self.bus_url.expose().is_empty();
+        // Without a server of its own the bus follows the Sentinel master, or the cluster.
+        let shared = (!own_server).then(|| redis.remote_config().redis);
+        let cluster = shared.as_ref().and_then(|r| r.cluster.clone());
+        // A bus on a rediss:// server (its own, or the cluster) trusts the cache's CA.
+        let tls_ca = (url.starts_with("rediss://") || cluster.is_some())
             .then(|| redis.tls_ca())
             .flatten();
         BusConfig {
             redis: RedisConfig {
-                // The bus follows the Sentinel master too, unless it has a server of its own.
-                sentinel: self
-                    .bus_url
-                    .expose()
-                    .is_empty()
-                    .then(|| redis.sentinel())
-                    .flatten(),
+                sentinel: shared.and_then(|r| r.sentinel),
+                cluster,
                 url,
                 tls_ca,
                 timeout: redis.connect_timeout,

@@ -19,6 +19,7 @@ const DEFAULT_BREAKER_FAILURES: NonZeroU32 = NonZeroU32::new(5).unwrap();
 pub enum RedisMode {
     Standalone,
     Sentinel,
+    Cluster,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -26,13 +27,17 @@ pub enum RedisMode {
 pub struct RedisSettings {
     #[serde(deserialize_with = "typed::flexible_bool")]
     pub enabled: bool,
-    /// `standalone` (`url` names the server) or `sentinel` (the sentinels name the master;
-    /// `url` gives the master's credentials, database and TLS).
+    /// `standalone` (`url` names the server), `sentinel` (the sentinels name the master;
+    /// `url` gives the master's credentials, database and TLS) or `cluster` (a Redis Cluster
+    /// reached through `cluster_urls`; `url` is not used).
     pub mode: RedisMode,
     pub url: SecretUrl,
     /// Sentinel mode: the sentinels, each `redis://[user:password@]host:port` with the
     /// sentinels' own credentials.
     pub sentinel_urls: Vec<SecretUrl>,
+    /// Cluster mode: seed nodes of the cluster, each `redis://[user:password@]host:port` (or
+    /// `rediss://`); the credentials and TLS of the first are used for every node.
+    pub cluster_urls: Vec<SecretUrl>,
     /// Sentinel mode: the name the sentinels monitor the master under.
     pub sentinel_master: String,
     /// Sentinel mode: replicas that must hold a session, event or rate-limit write before it is
@@ -71,6 +76,7 @@ impl Default for RedisSettings {
             mode: RedisMode::Standalone,
             url: SecretUrl::new("redis://127.0.0.1:6379"),
             sentinel_urls: Vec::new(),
+            cluster_urls: Vec::new(),
             sentinel_master: "mymaster".into(),
             sentinel_wait_replicas: 1,
             tls_ca_file: None,
@@ -122,11 +128,40 @@ impl RedisSettings {
                 return Err(Invalid::new("redis.sentinel_master", "must not be empty"));
             }
         }
+        if self.mode == RedisMode::Cluster {
+            if self.cluster_urls.is_empty() {
+                return Err(Invalid::new(
+                    "redis.cluster_urls",
+                    "cluster mode needs at least one node",
+                ));
+            }
+            let tls = self.cluster_urls[0].expose().starts_with("rediss://");
+            for u in &self.cluster_urls {
+                let e = u.expose();
+                let ok = e.starts_with("redis://") || e.starts_with("rediss://");
+                if !ok || ::redis::Client::open(e).is_err() {
+                    return Err(Invalid::new(
+                        "redis.cluster_urls",
+                        format!("{u} is not a redis:// or rediss:// URL"),
+                    ));
+                }
+                if e.starts_with("rediss://") != tls {
+                    return Err(Invalid::new(
+                        "redis.cluster_urls",
+                        "mixes redis:// and rediss:// nodes",
+                    ));
+                }
+            }
+        }
+        let tls_url = match self.mode {
+            RedisMode::Cluster => self.cluster_urls[0].expose(),
+            _ => url,
+        };
         if let Some(path) = &self.tls_ca_file {
-            if !url.starts_with("rediss://") {
+            if !tls_url.starts_with("rediss://") {
                 return Err(Invalid::new(
                     "redis.tls_ca_file",
-                    "is for TLS: redis.url must be a rediss:// URL",
+                    "is for TLS: redis.url (redis.cluster_urls) must be a rediss:// URL",
                 ));
             }
             read_ca(path)?;
@@ -188,6 +223,12 @@ impl RedisSettings {
                 url: self.url.expose().to_owned(),
                 tls_ca: self.tls_ca(),
                 sentinel: self.sentinel(),
+                cluster: (self.mode == RedisMode::Cluster).then(|| {
+                    self.cluster_urls
+                        .iter()
+                        .map(|u| u.expose().to_owned())
+                        .collect()
+                }),
                 timeout: self.timeout,
                 connect_timeout: self.connect_timeout,
                 pool_size: self.pool_size.get(),

@@ -109,6 +109,16 @@ impl Breaker {
         }
     }
 
+    /// A call that [`Breaker::allow`] let through was dropped before it had an outcome (its
+    /// caller gave up on it): if it was the half-open probe, the next call may probe instead.
+    /// Without this, a probe cancelled mid-flight would leave the breaker half-open for good.
+    pub fn abandon(&self) {
+        let mut s = self.lock();
+        if s.state == BreakerState::HalfOpen {
+            s.probe_in_flight = false;
+        }
+    }
+
     /// Records the outcome of a call that [`Breaker::allow`] let through.
     pub fn record(&self, ok: bool) -> Transition {
         let mut s = self.lock();
@@ -236,5 +246,24 @@ mod tests {
                 assert_eq!(t, Some((BreakerState::Closed, BreakerState::Open)));
             }
         }
+    }
+
+    #[test]
+    fn a_probe_dropped_mid_flight_lets_the_next_call_probe() {
+        let b = Breaker::new(BreakerConfig {
+            consecutive_failures: 1,
+            failure_rate: 1.0,
+            min_requests: 100,
+            window: Duration::from_secs(10),
+            open_for: Duration::ZERO,
+        });
+        assert!(b.allow().0);
+        b.record(false);
+        assert!(b.allow().0, "half-open: the probe");
+        assert!(!b.allow().0, "one probe at a time");
+        b.abandon();
+        assert!(b.allow().0, "the probe was dropped: another may go");
+        b.record(true);
+        assert_eq!(b.state(), BreakerState::Closed);
     }
 }

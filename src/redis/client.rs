@@ -7,6 +7,7 @@ use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
+use redis::cluster_async::ClusterConnection;
 use redis::{Cmd, Pipeline, RedisFuture, Value};
 
 use super::breaker::{Breaker, BreakerConfig, Transition};
@@ -24,6 +25,8 @@ pub struct RedisConfig {
     pub tls_ca: Option<Vec<u8>>,
     /// Sentinel mode: the master is the one these sentinels name (`url` gives its credentials).
     pub sentinel: Option<SentinelConfig>,
+    /// Cluster mode: the seed nodes (with credentials); `url` is not used.
+    pub cluster: Option<Vec<String>>,
     /// Budget of one operation on the request path.
     pub timeout: Duration,
     /// Budget of (re)connecting.
@@ -34,12 +37,14 @@ pub struct RedisConfig {
 }
 
 /// A connection to Redis: one multiplexed connection that reconnects by itself (to the server
-/// `redis.url` names, or to whichever server the sentinels name master). An enum so that every
-/// user stays the same whatever the mode.
+/// `redis.url` names, or to whichever server the sentinels name master), or redis-rs's cluster
+/// connection (one per master, commands routed by slot, following MOVED and failovers). An enum
+/// so that every user stays the same whatever the mode.
 #[derive(Clone)]
 pub enum Conn {
     Standalone(ConnectionManager),
     Sentinel(Arc<Follow>),
+    Cluster(ClusterConnection),
 }
 
 impl Conn {
@@ -52,7 +57,7 @@ impl Conn {
     /// The server a Sentinel connection goes to now, with its generation.
     fn server(&self) -> Option<((String, u16), u64)> {
         match self {
-            Conn::Standalone(_) => None,
+            Conn::Standalone(_) | Conn::Cluster(_) => None,
             Conn::Sentinel(f) => f.server(),
         }
     }
@@ -63,6 +68,7 @@ impl ConnectionLike for Conn {
         match self {
             Conn::Standalone(c) => c.req_packed_command(cmd),
             Conn::Sentinel(f) => Box::pin(f.command(cmd)),
+            Conn::Cluster(c) => c.req_packed_command(cmd),
         }
     }
 
@@ -75,6 +81,7 @@ impl ConnectionLike for Conn {
         match self {
             Conn::Standalone(c) => c.req_packed_commands(cmd, offset, count),
             Conn::Sentinel(f) => Box::pin(f.pipeline(cmd, offset, count)),
+            Conn::Cluster(c) => c.req_packed_commands(cmd, offset, count),
         }
     }
 
@@ -82,6 +89,7 @@ impl ConnectionLike for Conn {
         match self {
             Conn::Standalone(c) => c.get_db(),
             Conn::Sentinel(f) => f.db(),
+            Conn::Cluster(c) => c.get_db(),
         }
     }
 }
@@ -111,6 +119,8 @@ pub struct Redis {
     wait_replicas: u32,
     /// Sentinel mode: the state writes' own connection.
     state: OnceLock<Conn>,
+    /// Cluster mode: the seed nodes, as a cluster client and one by one (for subscribers).
+    cluster: Option<(redis::cluster::ClusterClient, Vec<redis::Client>)>,
 }
 
 impl Redis {
@@ -154,13 +164,47 @@ impl Redis {
             pool_cfg,
             wait_replicas: cfg.sentinel.as_ref().map_or(0, |s| s.wait_replicas),
             state: OnceLock::new(),
+            cluster: match &cfg.cluster {
+                Some(urls) => Some(super::cluster::client(
+                    urls,
+                    cfg.tls_ca.as_ref(),
+                    (cfg.connect_timeout, cfg.timeout),
+                )?),
+                None => None,
+            },
         })
+    }
+
+    /// True on a Redis Cluster.
+    pub fn is_cluster(&self) -> bool {
+        self.cluster.is_some()
     }
 
     /// Opens a new connection that reconnects by itself, with these budgets.
     pub async fn open(&self, response_timeout: Duration) -> Result<Conn, RedisError> {
         if let Some(master) = &self.master {
             return self.follow(master, response_timeout).await;
+        }
+        if let Some((cluster, _)) = &self.cluster {
+            let mut conn =
+                tokio::time::timeout(self.connect_timeout, cluster.get_async_connection())
+                    .await
+                    .map_err(|_| RedisError::Timeout)?
+                    .map_err(|e| RedisError::Redis(e.to_string()))?;
+            // A cluster that answers but has slots nobody serves is not up.
+            let state: String = tokio::time::timeout(
+                self.connect_timeout,
+                redis::cmd("CLUSTER").arg("INFO").query_async(&mut conn),
+            )
+            .await
+            .map_err(|_| RedisError::Timeout)?
+            .map_err(|e| RedisError::Redis(e.to_string()))?;
+            if !state.contains("cluster_state:ok") {
+                return Err(RedisError::Redis(
+                    "the cluster is not ok (cluster_state)".into(),
+                ));
+            }
+            return Ok(Conn::Cluster(conn));
         }
         let cfg = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(self.connect_timeout))
@@ -261,6 +305,18 @@ impl Redis {
 
     /// A subscriber connection (pub/sub needs one of its own).
     pub async fn pubsub(&self) -> Result<redis::aio::PubSub, RedisError> {
+        if let Some((_, nodes)) = &self.cluster {
+            // A PUBLISH reaches every node of a cluster: any one that answers will do.
+            let mut last = RedisError::Unavailable;
+            for node in nodes {
+                match tokio::time::timeout(self.connect_timeout, node.get_async_pubsub()).await {
+                    Ok(Ok(p)) => return Ok(p),
+                    Ok(Err(e)) => last = RedisError::Redis(e.to_string()),
+                    Err(_) => last = RedisError::Timeout,
+                }
+            }
+            return Err(last);
+        }
         let client = match &self.master {
             Some(m) => m.client().ok_or(RedisError::Unavailable)?,
             None => self.client.clone(),
@@ -378,6 +434,8 @@ impl Redis {
             self.metrics.redis_skipped.inc();
             return Err(RedisError::Unavailable);
         }
+        // Dropped before an outcome (a caller gave up on it): the breaker must not wait for it.
+        let mut pending = Abandoned(Some(&self.breaker));
         let started = Instant::now();
         let out = match tokio::time::timeout(self.timeout, fut).await {
             Ok(Ok(v)) => Ok(v),
@@ -390,35 +448,52 @@ impl Redis {
             self.failures.fetch_add(1, Ordering::AcqRel);
             self.failed.notify_one();
         }
+        pending.0 = None;
         self.transition(self.breaker.record(out.is_ok()));
         out
     }
 
-    /// Every key matching `pattern`, in SCAN batches, over a control-plane connection.
+    /// Every key matching `pattern`, in SCAN batches (on every master of a cluster).
     pub async fn scan(&self, pattern: &str) -> Result<Vec<Vec<String>>, RedisError> {
-        let mut conn = self.control().await?;
         let mut cursor: u64 = 0;
         let mut batches = Vec::new();
         loop {
-            let mut cmd = redis::cmd("SCAN");
-            cmd.arg(cursor)
-                .arg("MATCH")
-                .arg(pattern)
-                .arg("COUNT")
-                .arg(1000);
-            let (next, keys): (u64, Vec<String>) = cmd
-                .query_async(&mut conn)
-                .await
-                .map_err(|e| RedisError::Redis(e.to_string()))?;
+            let (next, keys) = self.scan_step(pattern, cursor, 1000).await?;
             if !keys.is_empty() {
                 batches.push(keys);
             }
             if next == 0 {
-                break;
+                return Ok(batches);
             }
             cursor = next;
         }
-        Ok(batches)
+    }
+
+    /// One SCAN step from `cursor` (0 to begin; the next one, 0 when done). On a cluster the
+    /// walk goes master by master: the top 16 bits of the cursor say which (in address order).
+    pub async fn scan_step(
+        &self,
+        pattern: &str,
+        cursor: u64,
+        count: usize,
+    ) -> Result<(u64, Vec<String>), RedisError> {
+        let mut cmd = redis::cmd("SCAN");
+        cmd.arg(cursor & super::cluster::NODE_CURSOR)
+            .arg("MATCH")
+            .arg(pattern)
+            .arg("COUNT")
+            .arg(count);
+        if self.cluster.is_none() {
+            let mut conn = self.control().await?;
+            return cmd
+                .query_async(&mut conn)
+                .await
+                .map_err(|e| RedisError::Redis(e.to_string()));
+        }
+        let Conn::Cluster(mut conn) = self.conn()? else {
+            return Err(RedisError::Unavailable);
+        };
+        super::cluster::scan_step(&mut conn, cmd, cursor).await
     }
 
     /// Logs and counts a breaker transition, once.
@@ -434,6 +509,17 @@ impl Redis {
             ),
             BreakerState::HalfOpen => tracing::info!("redis circuit breaker half-open: probing"),
             BreakerState::Closed => tracing::info!("redis circuit breaker closed: L2 in use again"),
+        }
+    }
+}
+
+/// Tells the breaker, when dropped, that a call it let through will have no outcome.
+struct Abandoned<'a>(Option<&'a Breaker>);
+
+impl Drop for Abandoned<'_> {
+    fn drop(&mut self) {
+        if let Some(b) = self.0.take() {
+            b.abandon();
         }
     }
 }

@@ -6,6 +6,7 @@
 
 mod breaker;
 mod client;
+mod cluster;
 mod error;
 mod keys;
 mod scripts;
@@ -13,6 +14,6 @@ mod sentinel;
 
 pub use breaker::{Breaker, BreakerConfig, Transition};
 pub use client::{Conn, Redis, RedisConfig, RedisError};
-pub use keys::Keys;
+pub use keys::{slot, Keys, SHARDS};
 pub use scripts::{MarkerMode, Scripts};
 pub use sentinel::SentinelConfig;

@@ -10,6 +10,7 @@
 
 use std::sync::Arc;
 
+use futures_util::future::try_join_all;
 use redis::Script;
 
 use super::doc::Doc;
@@ -245,9 +246,10 @@ impl Shared {
         let mut conn = self.redis.state_conn()?;
         let generation = conn.generation();
         let mut inv = self.write.prepare_invoke();
+        let shard = self.keys.shard_of(id);
         inv.key(self.keys.session(id))
-            .key(self.keys.session_ids())
-            .key(self.keys.session_expiries())
+            .key(self.keys.session_ids(shard))
+            .key(self.keys.session_expiries(shard))
             .arg(id)
             .arg(expected(expect))
             .arg(data)
@@ -282,7 +284,7 @@ impl Shared {
         let generation = conn.generation();
         let mut inv = self.touch.prepare_invoke();
         inv.key(self.keys.session(id))
-            .key(self.keys.session_expiries())
+            .key(self.keys.session_expiries(self.keys.shard_of(id)))
             .arg(id)
             .arg(now_ms)
             .arg(ttl_ms)
@@ -304,9 +306,10 @@ impl Shared {
         let mut conn = self.redis.state_conn()?;
         let generation = conn.generation();
         let mut inv = self.delete.prepare_invoke();
+        let shard = self.keys.shard_of(id);
         inv.key(self.keys.session(id))
-            .key(self.keys.session_ids())
-            .key(self.keys.session_expiries())
+            .key(self.keys.session_ids(shard))
+            .key(self.keys.session_expiries(shard))
             .arg(id)
             .arg(expected(expect))
             .arg(now_ms);
@@ -341,9 +344,10 @@ impl Shared {
         let mut conn = self.redis.state_conn()?;
         let generation = conn.generation();
         let mut inv = self.write_back.prepare_invoke();
+        let shard = self.keys.shard_of(id);
         inv.key(self.keys.session(id))
-            .key(self.keys.session_ids())
-            .key(self.keys.session_expiries())
+            .key(self.keys.session_ids(shard))
+            .key(self.keys.session_expiries(shard))
             .arg(id)
             .arg(name)
             .arg(at_ms)
@@ -372,7 +376,7 @@ impl Shared {
         limit: usize,
         now_ms: i64,
     ) -> Result<(Vec<Listed>, bool, usize), RedisError> {
-        let mut conn = self.redis.conn()?;
+        let conn = self.redis.conn()?;
         // Ids are [A-Za-z0-9._:-], all below 0x7f: `prefix` + 0x7f bounds every id it starts.
         let prefix_min = format!("[{prefix}");
         let prefix_max = format!("[{prefix}\x7f");
@@ -380,38 +384,52 @@ impl Shared {
             Some(a) if a >= prefix => format!("({a}"),
             _ => prefix_min.clone(),
         };
-        let mut inv = self.list.prepare_invoke();
-        inv.key(self.keys.session_ids())
-            .key(self.keys.session_expiries())
-            .arg(now_ms)
-            .arg(&min)
-            .arg(&prefix_max)
-            .arg(limit)
-            .arg(&prefix_min)
-            .arg(&prefix_max);
-        let mut out: Vec<String> = self
-            .redis
-            .run(RedisOp::SessionList, inv.invoke_async(&mut conn))
-            .await?;
-        if out.is_empty() {
-            return Err(RedisError::Redis("unexpected list reply".into()));
+        // Each shard's index gives its first `limit + 1` ids of the range; the first `limit + 1`
+        // of all of them, merged, are the page.
+        let shards = try_join_all((0..self.keys.shards()).map(|shard| {
+            let mut conn = conn.clone();
+            let mut inv = self.list.prepare_invoke();
+            inv.key(self.keys.session_ids(shard))
+                .key(self.keys.session_expiries(shard))
+                .arg(now_ms)
+                .arg(&min)
+                .arg(&prefix_max)
+                .arg(limit)
+                .arg(&prefix_min)
+                .arg(&prefix_max);
+            async move {
+                self.redis
+                    .run(
+                        RedisOp::SessionList,
+                        inv.invoke_async::<Vec<String>>(&mut conn),
+                    )
+                    .await
+            }
+        }))
+        .await?;
+        let mut count = 0;
+        let mut out = Vec::new();
+        for mut ids in shards {
+            if ids.is_empty() {
+                return Err(RedisError::Redis("unexpected list reply".into()));
+            }
+            count += ids.remove(0).parse::<usize>().unwrap_or(0);
+            out.extend(ids);
         }
-        let count = out.remove(0).parse().unwrap_or(0);
+        out.sort_unstable();
         let more = out.len() > limit;
         out.truncate(limit);
-        let mut pipe = redis::pipe();
-        for id in &out {
-            pipe.cmd("HMGET")
-                .arg(self.keys.session(id))
-                .arg(&["u", "e"]);
-        }
-        let times: Vec<(Option<i64>, Option<i64>)> = if out.is_empty() {
-            Vec::new()
-        } else {
-            self.redis
-                .run(RedisOp::SessionList, pipe.query_async(&mut conn))
-                .await?
-        };
+        let times: Vec<(Option<i64>, Option<i64>)> = try_join_all(out.iter().map(|id| {
+            let mut conn = conn.clone();
+            let mut cmd = redis::cmd("HMGET");
+            cmd.arg(self.keys.session(id)).arg(&["u", "e"]);
+            async move {
+                self.redis
+                    .run(RedisOp::SessionList, cmd.query_async(&mut conn))
+                    .await
+            }
+        }))
+        .await?;
         let page = out
             .into_iter()
             .zip(times)
@@ -429,13 +447,20 @@ impl Shared {
 
     /// Live sessions in the index (for the gauge).
     pub(crate) async fn count(&self, now_ms: i64) -> Result<u64, RedisError> {
-        let mut conn = self.redis.conn()?;
-        let mut cmd = redis::cmd("ZCOUNT");
-        cmd.arg(self.keys.session_expiries())
-            .arg(format!("({now_ms}"))
-            .arg("+inf");
-        self.redis
-            .run(RedisOp::SessionList, cmd.query_async(&mut conn))
-            .await
+        let conn = self.redis.conn()?;
+        let per_shard = try_join_all((0..self.keys.shards()).map(|shard| {
+            let mut conn = conn.clone();
+            let mut cmd = redis::cmd("ZCOUNT");
+            cmd.arg(self.keys.session_expiries(shard))
+                .arg(format!("({now_ms}"))
+                .arg("+inf");
+            async move {
+                self.redis
+                    .run(RedisOp::SessionList, cmd.query_async::<u64>(&mut conn))
+                    .await
+            }
+        }))
+        .await?;
+        Ok(per_shard.into_iter().sum())
     }
 }

@@ -89,7 +89,7 @@ async fn the_auditor_finds_a_stale_entry_planted_in_redis_and_drops_it() {
     let w = world(&app).await;
     let l = w.lead_id().to_owned();
     let key = format!("lead:id:{l}");
-    let redis_key = format!("{}:v1:{key}", app.namespace);
+    let redis_key = app.keys().value(&key);
     assert_eq!(app.get(&format!("/v1/leads/{l}")).await.cache(), "MISS");
     assert!(
         eventually(Duration::from_secs(5), || async {

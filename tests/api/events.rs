@@ -240,7 +240,7 @@ async fn a_resume_point_past_the_retention_gets_a_gap_first() {
     // life still learns of the gap.
     let mut c = app.redis.clone();
     let _: i64 = redis::cmd("DEL")
-        .arg(format!("{}:state:v1:events:session:g", app.namespace))
+        .arg(app.keys().session_stream("g"))
         .query_async(&mut c)
         .await
         .unwrap();

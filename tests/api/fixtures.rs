@@ -107,7 +107,7 @@ impl TestApp {
     pub async fn in_redis(&self, key: &str) -> bool {
         let mut c = self.redis.clone();
         let n: i64 = redis::cmd("EXISTS")
-            .arg(format!("{}:v1:{key}", self.namespace))
+            .arg(self.keys().value(key))
             .query_async(&mut c)
             .await
             .unwrap();
@@ -116,26 +116,10 @@ impl TestApp {
 
     /// Every Redis key in this app's namespace.
     pub async fn redis_keys(&self) -> Vec<String> {
-        let mut c = self.redis.clone();
-        let mut keys: Vec<String> = Vec::new();
-        let mut cursor: u64 = 0;
-        loop {
-            let (next, batch): (u64, Vec<String>) = redis::cmd("SCAN")
-                .arg(cursor)
-                .arg("MATCH")
-                .arg(format!("{}:*", self.namespace))
-                .arg("COUNT")
-                .arg(1000)
-                .query_async(&mut c)
-                .await
-                .unwrap();
-            keys.extend(batch);
-            if next == 0 {
-                break;
-            }
-            cursor = next;
-        }
-        keys
+        self.redis
+            .clone()
+            .scan(&format!("{}:*", self.namespace))
+            .await
     }
 
     /// The name of this app's database.

@@ -6,6 +6,8 @@ mod admin;
 mod audit;
 mod bad_input;
 mod client;
+mod cluster;
+mod cluster_set;
 mod coherence;
 mod config_cli;
 mod consistency;

@@ -43,7 +43,7 @@ impl TestApp {
     pub async fn session_in_redis(&self, id: &str) -> std::collections::HashMap<String, String> {
         let mut c = self.redis.clone();
         redis::cmd("HGETALL")
-            .arg(format!("{}:state:v1:session:{id}", self.namespace))
+            .arg(self.keys().session(id))
             .query_async(&mut c)
             .await
             .unwrap()

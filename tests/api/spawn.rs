@@ -31,6 +31,10 @@ pub fn test_settings() -> Settings {
     ));
     s.postgres.max_connections = NonZeroU32::new(8).unwrap();
     s.redis.url = SecretUrl::new(redis_url());
+    if let Some(nodes) = crate::cluster_set::suite_cluster() {
+        s.redis.mode = sidecache::config::RedisMode::Cluster;
+        s.redis.cluster_urls = nodes.into_iter().map(SecretUrl::new).collect();
+    }
     s.redis.namespace = format!("sctest-{}", &id[..12]);
     // Loopback Redis answers in well under a millisecond; a generous budget keeps a loaded CI
     // machine from turning slow answers into misses.
@@ -51,7 +55,7 @@ pub struct TestApp {
     pub namespace: String,
     pub settings: Settings,
     pub state: AppState,
-    pub redis: redis::aio::MultiplexedConnection,
+    pub redis: crate::cluster_set::TestRedis,
     /// False for a second instance sharing another's database and namespace: the first one
     /// removes them.
     owns_resources: bool,
@@ -91,11 +95,7 @@ pub async fn spawn_with_settings(settings: Settings) -> TestApp {
         .connect(&db_url)
         .await
         .expect("test pool");
-    let redis = redis::Client::open(redis_url())
-        .unwrap()
-        .get_multiplexed_async_connection()
-        .await
-        .expect("redis for assertions");
+    let redis = crate::cluster_set::TestRedis::open(&redis_url()).await;
     let app = TestApp {
         addr: format!("http://127.0.0.1:{port}"),
         port,
@@ -115,6 +115,16 @@ pub async fn spawn_with_settings(settings: Settings) -> TestApp {
 }
 
 impl TestApp {
+    /// The key layout of this app's namespace (sharded on a cluster).
+    pub fn keys(&self) -> sidecache::redis::Keys {
+        match self.settings.redis.mode {
+            sidecache::config::RedisMode::Cluster => {
+                sidecache::redis::Keys::sharded(&self.namespace)
+            }
+            _ => sidecache::redis::Keys::new(&self.namespace),
+        }
+    }
+
     pub async fn wait_ready(&self) {
         for _ in 0..100 {
             if let Ok(r) = self
@@ -209,33 +219,10 @@ impl Drop for TestApp {
                             .await;
                     admin.close().await;
                 }
-                if let Ok(client) = redis::Client::open(redis_url()) {
-                    if let Ok(mut c) = client.get_multiplexed_async_connection().await {
-                        let mut cursor: u64 = 0;
-                        loop {
-                            let Ok((next, keys)): Result<(u64, Vec<String>), _> =
-                                redis::cmd("SCAN")
-                                    .arg(cursor)
-                                    .arg("MATCH")
-                                    .arg(format!("{ns}:*"))
-                                    .arg("COUNT")
-                                    .arg(1000)
-                                    .query_async(&mut c)
-                                    .await
-                            else {
-                                break;
-                            };
-                            if !keys.is_empty() {
-                                let _: Result<i64, _> =
-                                    redis::cmd("DEL").arg(&keys).query_async(&mut c).await;
-                            }
-                            if next == 0 {
-                                break;
-                            }
-                            cursor = next;
-                        }
-                    }
-                }
+                crate::cluster_set::TestRedis::open(&redis_url())
+                    .await
+                    .delete_matching(&format!("{ns}:*"))
+                    .await;
             });
         })
         .join();

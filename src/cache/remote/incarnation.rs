@@ -25,6 +25,10 @@
 //! An instance that sees a new incarnation drops its L1 (entries copied from the old one may be
 //! stale), on a read or on its probe.
 //!
+//! On a Redis Cluster each shard (see `redis::keys`) has an incarnation of its own, checked
+//! against the server that holds the shard's slot: a failover of one master rotates the
+//! incarnations of the shards it held. A reset of any shard drops the whole L1.
+//!
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -52,10 +56,11 @@ pub(super) fn cause_from_script(s: &[u8]) -> ResetCause {
     }
 }
 
-/// Which incarnation this instance last saw, and how many resets it has seen or made.
+/// Which incarnation this instance last saw in each shard, and how many resets it has seen or
+/// made.
 pub(super) struct Incarnation {
-    /// A hash of the incarnation last seen (0: none yet).
-    seen: AtomicU64,
+    /// Per shard, a hash of the incarnation last seen (0: none yet).
+    seen: Vec<AtomicU64>,
     /// Resets seen or made; the cache drops L1 when it moves.
     resets: AtomicU64,
     /// When a reset was last logged as a warning (Unix ms).
@@ -64,9 +69,9 @@ pub(super) struct Incarnation {
 }
 
 impl Incarnation {
-    pub(super) fn new(metrics: Arc<Metrics>) -> Self {
+    pub(super) fn new(metrics: Arc<Metrics>, shards: usize) -> Self {
         Incarnation {
-            seen: AtomicU64::new(0),
+            seen: (0..shards.max(1)).map(|_| AtomicU64::new(0)).collect(),
             resets: AtomicU64::new(0),
             last_warning_ms: AtomicU64::new(0),
             metrics,
@@ -76,9 +81,9 @@ impl Incarnation {
     /// Notes the incarnation a read or check returned; a change from the last one seen counts as
     /// a reset. `created`: this instance's own candidate became the incarnation, because there
     /// was none (Redis lost the namespace's state).
-    pub(super) fn observe(&self, incarnation: &[u8], created: bool) {
+    pub(super) fn observe(&self, shard: usize, incarnation: &[u8], created: bool) {
         let h = fnv1a(incarnation) | 1;
-        let before = self.seen.swap(h, Ordering::AcqRel);
+        let before = self.seen[shard].swap(h, Ordering::AcqRel);
         if before != 0 && before != h {
             self.count(if created {
                 ResetCause::StateLost
@@ -89,8 +94,8 @@ impl Incarnation {
     }
 
     /// Records a new incarnation this instance made itself (so it is not observed again).
-    pub(super) fn made(&self, incarnation: &[u8], cause: ResetCause) {
-        self.seen.store(fnv1a(incarnation) | 1, Ordering::Release);
+    pub(super) fn made(&self, shard: usize, incarnation: &[u8], cause: ResetCause) {
+        self.seen[shard].store(fnv1a(incarnation) | 1, Ordering::Release);
         self.count(cause);
     }
 
@@ -133,15 +138,17 @@ mod tests {
 
     #[test]
     fn a_new_incarnation_counts_once_and_an_own_one_not_as_observed() {
-        let inc = Incarnation::new(Metrics::new());
-        inc.observe(b"aaaa", false);
+        let inc = Incarnation::new(Metrics::new(), 2);
+        inc.observe(0, b"aaaa", false);
         assert_eq!(inc.resets(), 0, "the first one seen is no reset");
-        inc.observe(b"aaaa", false);
+        inc.observe(0, b"aaaa", false);
         assert_eq!(inc.resets(), 0);
-        inc.observe(b"bbbb", false);
+        inc.observe(1, b"dddd", false);
+        assert_eq!(inc.resets(), 0, "each shard has its own");
+        inc.observe(0, b"bbbb", false);
         assert_eq!(inc.resets(), 1);
-        inc.made(b"cccc", ResetCause::Admin);
-        inc.observe(b"cccc", false);
+        inc.made(0, b"cccc", ResetCause::Admin);
+        inc.observe(0, b"cccc", false);
         assert_eq!(inc.resets(), 2, "its own reset is not observed again");
         let c = candidate();
         assert!(c.iter().all(u8::is_ascii_hexdigit));

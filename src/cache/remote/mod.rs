@@ -20,6 +20,7 @@
 
 mod incarnation;
 mod sample;
+mod shards;
 mod types;
 
 use incarnation::{candidate as new_incarnation, cause_from_script, Incarnation};
@@ -32,12 +33,12 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
-use super::keys::{CacheKey, Kind, Tag};
+use super::keys::{CacheKey, Tag};
 use super::CacheError;
 pub use crate::labels::ResetCause;
 use crate::labels::{BreakerState, RedisOp};
 use crate::metrics::Metrics;
-use crate::redis::{Conn, Keys, MarkerMode, Redis, RedisError, Scripts};
+use crate::redis::{Conn, Keys, Redis, RedisError, Scripts};
 
 /// How long a fence counter outlives its last bump. It only has to outlast any load that could
 /// have read Postgres before the bump: fills older than [`MAX_FILL_AGE`] are not sent.
@@ -82,9 +83,19 @@ impl Remote {
     pub fn new(cfg: &RemoteConfig, metrics: Arc<Metrics>) -> Result<Self, CacheError> {
         Ok(Remote {
             redis: Arc::new(Redis::new(&cfg.redis, metrics.clone())?),
-            keys: Keys::new(&cfg.namespace),
+            keys: match cfg.redis.cluster {
+                Some(_) => Keys::sharded(&cfg.namespace),
+                None => Keys::new(&cfg.namespace),
+            },
             scripts: Scripts::default(),
-            incarnation: Incarnation::new(metrics.clone()),
+            incarnation: Incarnation::new(
+                metrics.clone(),
+                if cfg.redis.cluster.is_some() {
+                    crate::redis::SHARDS
+                } else {
+                    1
+                },
+            ),
             metrics,
             pending: Mutex::new(Vec::new()),
             has_pending: AtomicBool::new(false),
@@ -172,15 +183,17 @@ impl Remote {
     /// The keys the read and fill scripts share, in their order: the value, its lease, the
     /// incarnation, the server record, then the fences the value depends on (its key, its kind,
     /// one per tag; the order of `L2Read::tokens`).
+    /// All of them are in the key's shard (one hash slot on a cluster).
     fn value_keys(&self, inv: &mut redis::ScriptInvocation<'_>, key: &CacheKey, tags: &[Tag]) {
+        let shard = self.keys.shard_of(key.as_str());
         inv.key(self.value_key(key))
             .key(self.lease_key(key))
-            .key(self.keys.incarnation())
-            .key(self.keys.server())
+            .key(self.keys.incarnation(shard))
+            .key(self.keys.server(shard))
             .key(self.keys.fence(key.as_str()))
-            .key(self.keys.kind_fence(key.kind()));
+            .key(self.keys.kind_fence(key.kind(), shard));
         for t in tags {
-            inv.key(self.keys.tag_fence(&t.name()));
+            inv.key(self.keys.tag_fence(&t.name(), shard));
         }
     }
 
@@ -216,8 +229,11 @@ impl Remote {
             Some(redis::Value::BulkString(b)) => Bytes::from(b),
             _ => return Err(RedisError::Redis("read: no incarnation".into()).into()),
         };
-        self.incarnation
-            .observe(&incarnation, incarnation[..] == candidate[..]);
+        self.incarnation.observe(
+            self.keys.shard_of(key.as_str()),
+            &incarnation,
+            incarnation[..] == candidate[..],
+        );
         // The script returned only a value of this incarnation; what follows the prefix is it.
         let value = value.map(|v| v.slice(incarnation.len().min(v.len())..));
         let tokens = it
@@ -272,7 +288,7 @@ impl Remote {
         let mut cmd = redis::cmd("MGET");
         cmd.arg(self.value_key(key))
             .arg(self.lease_key(key))
-            .arg(self.keys.incarnation());
+            .arg(self.keys.incarnation(self.keys.shard_of(key.as_str())));
         let raw: Vec<Option<Vec<u8>>> = self.run(RedisOp::Mget, cmd.query_async(&mut conn)).await?;
         let mut it = raw.into_iter();
         let (value, leased, current) = (
@@ -305,8 +321,9 @@ impl Remote {
         let mut conn = self.conn()?;
         let mut inv = self.scripts.fill.prepare_invoke();
         self.value_keys(&mut inv, key, tags);
+        let shard = self.keys.shard_of(key.as_str());
         for t in tags {
-            inv.key(self.keys.tag_members(&t.name()));
+            inv.key(self.keys.tag_members(&t.name(), shard));
         }
         let token = match &read.lease {
             Lease::Held(t) => t.as_str(),
@@ -327,7 +344,7 @@ impl Remote {
             // Refused, and the server had changed: the script rotated the incarnation.
             redis::Value::BulkString(reason) => {
                 self.incarnation
-                    .made(&candidate, cause_from_script(&reason));
+                    .made(shard, &candidate, cause_from_script(&reason));
                 false
             }
             _ => false,
@@ -368,61 +385,6 @@ impl Remote {
         self.has_pending.store(true, Ordering::Release);
     }
 
-    async fn try_invalidate(&self, d: &Deletion, marker: &Marker) -> Result<Dropped, CacheError> {
-        if d.keys.is_empty() && d.tags.is_empty() {
-            return Ok(Dropped::Entries(0));
-        }
-        let mut conn = self.conn()?;
-        // Chunks: keys first, then tags, at most CHUNK of them per call. Markers are checked in
-        // every chunk and set with the last, so an instance that stops half-way leaves the rest
-        // to the next one.
-        let key_chunks = d.keys.chunks(CHUNK).map(|c| (c, &[][..]));
-        let tag_chunks = d.tags.chunks(CHUNK).map(|c| (&[][..], c));
-        let chunks: Vec<(&[CacheKey], &[Tag])> = key_chunks.chain(tag_chunks).collect();
-        let last = chunks.len().saturating_sub(1);
-        let mut dropped = 0;
-        for (i, (keys, tags)) in chunks.into_iter().enumerate() {
-            let mut inv = self.scripts.invalidate.prepare_invoke();
-            inv.key(self.keys.clock());
-            for k in keys {
-                inv.key(self.value_key(k)).key(self.keys.fence(k.as_str()));
-            }
-            for t in tags {
-                inv.key(self.keys.tag_fence(&t.name()))
-                    .key(self.keys.tag_members(&t.name()));
-            }
-            let mode = match marker {
-                Marker::None => MarkerMode::None,
-                Marker::Write(_) if i != last => MarkerMode::None,
-                Marker::Write(txid) => {
-                    inv.key(self.keys.marker(txid.0));
-                    MarkerMode::Mark
-                }
-                Marker::Replay { txid, group } => {
-                    inv.key(self.keys.marker(txid.0))
-                        .key(self.keys.group_marker(txid.0, group));
-                    if i == last {
-                        MarkerMode::SkipOrMark
-                    } else {
-                        MarkerMode::Skip
-                    }
-                }
-            };
-            inv.arg(keys.len())
-                .arg(FENCE_TTL.as_millis() as u64)
-                .arg(mode.as_str())
-                .arg(MARKER_TTL.as_millis() as u64);
-            let n: i64 = self
-                .run(RedisOp::Invalidate, inv.invoke_async(&mut conn))
-                .await?;
-            if n < 0 {
-                return Ok(Dropped::AlreadyApplied);
-            }
-            dropped += n as u64;
-        }
-        Ok(Dropped::Entries(dropped))
-    }
-
     /// Retries owed invalidations; returns true when none is left.
     pub async fn retry_pending(&self) -> bool {
         if !self.has_pending.load(Ordering::Acquire) {
@@ -452,36 +414,6 @@ impl Remote {
         done
     }
 
-    /// Drops every value of `kind` (admin): moves the kind's fence first, so no fill that read
-    /// Postgres before this lands, then deletes the kind's values by SCANning this namespace for
-    /// its key prefix (never the whole keyspace), moving each key's fence as it goes.
-    pub async fn invalidate_kind(&self, kind: Kind) -> Result<u64, CacheError> {
-        let mut conn = self.conn()?;
-        let mut bump = self.scripts.bump.prepare_invoke();
-        bump.key(self.keys.clock())
-            .key(self.keys.kind_fence(kind))
-            .arg(FENCE_TTL.as_millis() as u64);
-        self.run(RedisOp::Invalidate, bump.invoke_async::<i64>(&mut conn))
-            .await?;
-        let pattern = self.keys.kind_pattern(kind.key_prefix());
-        let mut dropped = 0;
-        for keys in self.redis.scan(&pattern).await? {
-            let keys: Vec<CacheKey> = keys
-                .iter()
-                .filter_map(|k| self.keys.strip(k).and_then(CacheKey::parse))
-                .filter(|k| k.kind() == kind)
-                .collect();
-            let d = Deletion {
-                keys,
-                tags: Vec::new(),
-            };
-            if let Dropped::Entries(n) = self.try_invalidate(&d, &Marker::None).await? {
-                dropped += n;
-            }
-        }
-        Ok(dropped)
-    }
-
     /// How many resets this instance has seen or made; moves when L1 must be dropped.
     pub fn resets(&self) -> u64 {
         self.incarnation.resets()
@@ -495,46 +427,6 @@ impl Remote {
             self.owe(Owed::Reset(cause));
             return Err(e);
         }
-        Ok(())
-    }
-
-    /// Deletes the values not filled under the current incarnation, SCANning only this
-    /// namespace on a control-plane connection so lookups are not held up. Fences, tag sets,
-    /// leases and markers are left alone: a fence moved after the reset must stay, or a fill
-    /// that read before it could land. Returns how many values went.
-    pub async fn sweep(&self) -> Result<u64, CacheError> {
-        let mut removed = 0u64;
-        let mut pool = self.redis.control().await?;
-        for keys in self.redis.scan(&self.keys.all_pattern()).await? {
-            let values: Vec<&String> = keys
-                .iter()
-                .filter(|k| self.keys.strip(k).and_then(CacheKey::parse).is_some())
-                .collect();
-            if values.is_empty() {
-                continue;
-            }
-            let mut inv = self.scripts.sweep.prepare_invoke();
-            inv.key(self.keys.incarnation());
-            for k in values {
-                inv.key(k.as_str());
-            }
-            removed += inv
-                .invoke_async::<u64>(&mut pool)
-                .await
-                .map_err(|e| RedisError::Redis(e.to_string()))?;
-        }
-        Ok(removed)
-    }
-
-    /// Moves the namespace to a new incarnation.
-    async fn try_reset(&self, cause: ResetCause) -> Result<(), CacheError> {
-        let mut conn = self.conn()?;
-        let candidate = new_incarnation();
-        let mut set = redis::cmd("SET");
-        set.arg(self.keys.incarnation()).arg(&candidate[..]);
-        self.run(RedisOp::Reset, set.query_async::<()>(&mut conn))
-            .await?;
-        self.incarnation.made(&candidate, cause);
         Ok(())
     }
 
@@ -554,38 +446,5 @@ impl Remote {
             return false;
         }
         self.check().await.is_ok()
-    }
-
-    /// Checks the server behind the namespace (resetting it if the server changed or evicted
-    /// keys) and notes its incarnation, so an instance serving only L1 hits still learns of a
-    /// reset within one probe.
-    async fn check(&self) -> Result<(), CacheError> {
-        if self.checks_held.load(Ordering::Acquire) {
-            return Err(RedisError::Unavailable.into());
-        }
-        let mut conn = self.conn()?;
-        let failures = self.redis.failures();
-        let candidate = new_incarnation();
-        let mut inv = self.scripts.check.prepare_invoke();
-        inv.key(self.keys.incarnation())
-            .key(self.keys.server())
-            .arg(&candidate[..]);
-        let (incarnation, reset, checked): (Vec<u8>, Vec<u8>, i64) = self
-            .run(RedisOp::Check, inv.invoke_async(&mut conn))
-            .await?;
-        if !reset.is_empty() {
-            self.incarnation.made(&candidate, cause_from_script(&reset));
-        } else {
-            self.incarnation
-                .observe(&incarnation, incarnation[..] == candidate[..]);
-        }
-        if self.server_checks.swap(checked == 1, Ordering::Relaxed) && checked != 1 {
-            tracing::warn!(
-                "redis denies INFO to this user: a restart from a snapshot, a failover or an \
-                 eviction cannot be detected, and could let a stale fill through"
-            );
-        }
-        self.checked_through.store(failures, Ordering::Release);
-        Ok(())
     }
 }

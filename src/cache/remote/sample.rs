@@ -16,19 +16,16 @@ impl Remote {
     /// One step of a walk over the namespace's cached values (SCAN from `cursor`, 0 to begin):
     /// the keys it met, and where the next step starts (0: the walk is over).
     pub async fn scan_values(&self, cursor: u64) -> Result<(u64, Vec<CacheKey>), CacheError> {
-        let prefix = self.keys.value("");
-        let mut conn = self.redis.control().await?;
-        let mut cmd = redis::cmd("SCAN");
-        cmd.arg(cursor)
-            .arg("MATCH")
-            .arg(format!("{prefix}*"))
-            .arg("COUNT")
-            .arg(100);
-        let (next, keys): (u64, Vec<String>) =
-            self.run(RedisOp::Scan, cmd.query_async(&mut conn)).await?;
+        let pattern = self.keys.all_pattern();
+        let (next, keys) = self
+            .redis
+            .run(RedisOp::Scan, async {
+                Ok(self.redis.scan_step(&pattern, cursor, 100).await)
+            })
+            .await??;
         let keys = keys
             .iter()
-            .filter_map(|k| k.strip_prefix(&prefix))
+            .filter_map(|k| self.keys.strip(k))
             .filter_map(CacheKey::parse)
             .collect();
         Ok((next, keys))
